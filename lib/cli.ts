@@ -1,0 +1,21 @@
+#!/usr/bin/env node
+// The torch-dpo command line. Each subcommand lives in lib/cli/<name>.ts and exports register(program).
+import { Command } from 'commander';
+import * as info from './cli/info';
+import * as demo from './cli/demo';
+
+export function buildProgram(): Command {
+  const program = new Command();
+  program.name('torch-dpo').description('Direct Preference Optimization on libtorch, from Node.js').showHelpAfterError();
+  for (const cmd of [info, demo]) cmd.register(program);
+  return program;
+}
+
+if (require.main === module) {
+  buildProgram()
+    .parseAsync(process.argv)
+    .catch((e: Error) => {
+      console.error(`torch-dpo: ${e.message}`);
+      process.exit(1);
+    });
+}

@@ -1,0 +1,15 @@
+// The addon's entry point: registers each N-API file's exports. Nothing else lives here.
+#include "addon.h"
+
+namespace tdpo::napi {
+
+static Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  InitRuntime(env, exports);
+  exports.Set("abiVersion", Napi::Number::New(env, 1));
+  return exports;
+}
+
+}  // namespace tdpo::napi
+
+static Napi::Object InitAddon(Napi::Env env, Napi::Object exports) { return tdpo::napi::Init(env, exports); }
+NODE_API_MODULE(torch_dpo, InitAddon)
