@@ -3,11 +3,15 @@
 import { Command } from 'commander';
 import * as info from './cli/info';
 import * as demo from './cli/demo';
+import * as train from './cli/train';
+import * as precompute from './cli/precompute';
+import * as inspect from './cli/inspect';
+import * as report from './cli/report';
 
 export function buildProgram(): Command {
   const program = new Command();
   program.name('torch-dpo').description('Direct Preference Optimization on libtorch, from Node.js').showHelpAfterError();
-  for (const cmd of [info, demo]) cmd.register(program);
+  for (const cmd of [demo, train, precompute, inspect, report, info]) cmd.register(program);
   return program;
 }
 

@@ -13,12 +13,56 @@ export interface NativeRuntimeInfo {
   parallelInfo: string;
 }
 
+export interface NativeSequenceLogps {
+  logps: Float64Array; // (rows) summed log-probs of scored tokens
+  counts: Int32Array; // (rows) scored tokens
+  logitsSum: Float64Array; // (rows) sum over scored tokens of the mean logit
+}
+
+/** A loaded causal LM (native/napi/model_napi.cpp). Arrays are row-major (rows, T); labels are shifted, -100 = not scored. */
+export interface NativeModelHandle {
+  config(): string;
+  sequenceLogps(inputIds: Int32Array, attentionMask: Int32Array, labels: Int32Array, rows: number, T: number, chunkRows: number): Promise<NativeSequenceLogps>;
+  /** (rows, T) log p(x_t | x_<t) at position t (0 at t = 0 and at pads). */
+  tokenLogps(inputIds: Int32Array, attentionMask: Int32Array, rows: number, T: number): Promise<Float32Array>;
+  /** Left-padded prompts (rows, T) -> new tokens (rows, maxNewTokens) padded with -1 after a row stops. */
+  generate(inputIds: Int32Array, attentionMask: Int32Array, rows: number, T: number, optionsJson: string): Promise<Int32Array>;
+  save(dir: string, dtype: string): Promise<void>;
+  dispose(): void;
+  readonly disposed: boolean;
+}
+
+export interface NativeMicroStep {
+  loss: number;
+  chosenRewards: Float64Array; // (P)
+  rejectedRewards: Float64Array; // (P)
+  policyLogps: Float64Array; // (2P)
+  counts: Int32Array; // (2P)
+  logitsSum: Float64Array; // (2P)
+  tokens: number;
+}
+
+/** The training step over a policy model (native/napi/trainer_napi.cpp). */
+export interface NativeTrainerHandle {
+  accumulate(inputIds: Int32Array, attentionMask: Int32Array, labels: Int32Array, refLogps: Float64Array | null, rows: number, T: number, scale: number): Promise<NativeMicroStep>;
+  evaluate(inputIds: Int32Array, attentionMask: Int32Array, labels: Int32Array, refLogps: Float64Array | null, rows: number, T: number): Promise<NativeMicroStep>;
+  step(lr: number, maxGradNorm: number): Promise<{ gradNorm: number; skipped: boolean }>;
+  saveState(path: string): Promise<void>;
+  loadState(path: string): Promise<void>;
+  dispose(): void;
+  readonly disposed: boolean;
+}
+
 export interface NativeAddon {
   abiVersion: number;
   runtimeInfo(): NativeRuntimeInfo;
   configure(intraOpThreads: number, interOpThreads: number): void;
   tokenLogprobs(logits: Float32Array, targets: Int32Array, rows: number, vocab: number): Promise<Float32Array>;
   matmulBenchmark(n: number, iters: number, device: string, dtype: string): Promise<number>;
+  loadModel(dir: string, device: string, dtype: string): Promise<NativeModelHandle>;
+  createModel(configJson: string, device: string, dtype: string, seed: number): Promise<NativeModelHandle>;
+  /** configJson: {loss: {terms: [{type, weight}], beta, labelSmoothing, referenceFree}, optimizer: {type, weightDecay, beta1, beta2, eps, momentum}, chunkRows} */
+  createTrainer(policy: NativeModelHandle, configJson: string): NativeTrainerHandle;
 }
 
 /** The addon ABI this lib/ expects (bumped with any breaking change of the declarations above). */

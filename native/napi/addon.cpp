@@ -3,8 +3,13 @@
 
 namespace tdpo::napi {
 
+AddonData& addon_data(Napi::Env env) { return *env.GetInstanceData<AddonData>(); }
+
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  env.SetInstanceData(new AddonData());
   InitRuntime(env, exports);
+  InitModel(env, exports);
+  InitTrainer(env, exports);
   exports.Set("abiVersion", Napi::Number::New(env, 1));
   return exports;
 }

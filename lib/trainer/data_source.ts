@@ -1,0 +1,71 @@
+// The trainer's view of a data file: tokenized, truncated, shuffled per epoch (seeded), batched pairs, resumable
+// at an example offset. Built from lib/data's streaming pieces; memory stays bounded by the shuffle buffer.
+import type { Tokenizer } from '../tokenizer';
+import { batchPairs, isPreference, newStats, PairBatch as DataPairBatch, readRecords, shuffleBuffer, tokenizeExamples, TokenizeStats } from '../data';
+import type { PreferenceExample, TokenizedExample } from '../data';
+import type { ResolvedDPOOptions } from './options';
+
+export interface IndexedExample extends PreferenceExample {
+  /** position of the example in this epoch's order (0-based) */
+  index: number;
+  source?: string;
+  line?: number;
+}
+
+export interface PairBatch extends Omit<DataPairBatch, 'examples'> {
+  examples: IndexedExample[];
+}
+
+/** Records in a data file (one pass over it, streaming). */
+export async function countExamples(file: string): Promise<number> {
+  let n = 0;
+  for await (const _ of readRecords(file)) n++;
+  return n;
+}
+
+export interface PairSourceOptions {
+  data: string;
+  maxLength: number;
+  maxPromptLength: number;
+  truncationMode: 'keep_end' | 'keep_start';
+  overlongPolicy: 'truncate' | 'drop' | 'error';
+  perDeviceTrainBatchSize: number;
+  shuffle: boolean;
+  shuffleBufferSize: number;
+  seed: number;
+}
+
+/** Tokenized preference examples of `file` in file order; unpaired records are an error naming the file. */
+export async function* preferenceExamples(o: PairSourceOptions, tokenizer: Tokenizer, stats: TokenizeStats = newStats()): AsyncGenerator<PreferenceExample> {
+  const src = tokenizeExamples(readRecords(o.data), tokenizer, {
+    maxLength: o.maxLength,
+    maxPromptLength: o.maxPromptLength,
+    truncationMode: o.truncationMode,
+    overlongPolicy: o.overlongPolicy,
+    stats,
+  });
+  for await (const ex of src as AsyncGenerator<TokenizedExample>) {
+    if (!isPreference(ex)) throw new Error(`${o.data}: an unpaired (KTO) record where preference pairs are expected`);
+    yield ex;
+  }
+}
+
+/**
+ * Batches of epoch `epoch` starting after `skip` examples (resume). The order depends only on the file, the seed
+ * and the epoch, so a resumed run sees exactly the examples an uninterrupted one would.
+ */
+export async function* pairBatches(o: PairSourceOptions | ResolvedDPOOptions, tokenizer: Tokenizer, epoch: number, skip: number, stats?: TokenizeStats): AsyncGenerator<PairBatch> {
+  const pad = tokenizer.padTokenId ?? tokenizer.eosTokenId ?? 0;
+  async function* ordered(): AsyncGenerator<IndexedExample> {
+    const base = preferenceExamples(o, tokenizer, stats);
+    const src = o.shuffle ? shuffleBuffer(base, { bufferSize: o.shuffleBufferSize, seed: (o.seed + epoch * 7919) >>> 0 }) : base;
+    let index = 0;
+    for await (const ex of src) {
+      if (index >= skip) yield { ...ex, index, source: o.data };
+      index++;
+    }
+  }
+  for await (const b of batchPairs(ordered(), { batchSize: o.perDeviceTrainBatchSize, padTokenId: pad })) {
+    yield b as unknown as PairBatch;
+  }
+}

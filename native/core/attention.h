@@ -1,0 +1,30 @@
+// Masked multi-head attention with grouped-query K/V, shared by all architectures.
+#pragma once
+#include <ATen/ATen.h>
+#include <torch/version.h>
+
+namespace tdpo {
+
+// Which keys each new query may see. key_mask (B, S) 0/1 over all S key positions (cache + new); the T queries are
+// the last T positions. Key j is visible from query i (absolute index q = S - T + i) when j <= q, key_mask[b, j] = 1
+// and, with window > 0, q - j < window. -> (B, 1, T, S) bool.
+at::Tensor attention_allowed(const at::Tensor& key_mask, int64_t T, int64_t window);
+
+// q (B, H, T, D), k and v (B, Hkv, S, D) with H a multiple of Hkv (query head h reads K/V head h / (H / Hkv)),
+// allowed (B, 1, T, S) bool -> (B, T, H * D) in q's dtype: softmax(q k^T * scale, masked) v, the softmax in float32.
+// K/V heads are not repeated: the H / Hkv query heads of a group are folded into the query length instead.
+// libtorch >= 2 uses at::scaled_dot_product_attention with an additive mask; 1.13 an explicit masked softmax.
+// Queries that see no key at all (pads under left padding) get a zero output, never NaN.
+at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& allowed,
+                  double scale);
+
+// The two implementations behind attend(), same contract: the explicit masked softmax (every libtorch) and, on
+// libtorch >= 2, at::scaled_dot_product_attention with an additive mask (tests compare them there).
+at::Tensor attend_explicit(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& allowed,
+                           double scale);
+#if TORCH_VERSION_MAJOR >= 2
+at::Tensor attend_sdpa(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& allowed,
+                       double scale);
+#endif
+
+}  // namespace tdpo

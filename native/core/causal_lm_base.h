@@ -1,0 +1,46 @@
+// CausalLMBase: the parameter bookkeeping shared by the architectures (named tensors in weight-map order).
+#pragma once
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "causal_lm.h"
+#include "weight_map.h"
+
+namespace tdpo {
+
+class CausalLMBase : public CausalLM {
+ public:
+  const ModelConfig& config() const override { return cfg_; }
+  std::vector<std::pair<std::string, at::Tensor>> named_parameters() const override;
+  void set_parameter(const std::string& name, const at::Tensor& value) override;
+  void to(c10::Device device, c10::ScalarType dtype) override;
+
+  // Fills every parameter: ones for norm weights, zeros for biases, normal(0, 0.02) otherwise (float64 draws from
+  // a CPU generator seeded with `seed`, so the values do not depend on device or dtype).
+  void init_random(uint64_t seed);
+
+ protected:
+  // Allocates every parameter of weight_map(cfg) (model layout, float32 CPU, uninitialised, requires_grad).
+  explicit CausalLMBase(ModelConfig cfg);
+  // The tensor slot of parameter `name` (stable address); nullptr when the config has no such parameter.
+  at::Tensor* slot(const std::string& name);
+  // The (B, T) ids on the model device, the (B, S) mask of cache + new positions and the (B, T) position ids of
+  // the new tokens. With a cache, its mask is extended here (a cache is invalid after a failed forward).
+  struct StepInputs {
+    at::Tensor ids, full_mask, positions;
+  };
+  StepInputs prepare_step(const at::Tensor& input_ids, const at::Tensor& attention_mask, KVCache* cache) const;
+  // Appends this step's (B, Hkv, T, D) keys/values of `layer` to the cache and replaces k, v by all of them.
+  static void cache_append(KVCache* cache, size_t layer, at::Tensor& k, at::Tensor& v);
+  static at::Tensor opt(const at::Tensor* p) { return p ? *p : at::Tensor(); }
+
+  ModelConfig cfg_;
+
+ private:
+  std::vector<std::string> order_;
+  std::map<std::string, at::Tensor> params_;
+};
+
+}  // namespace tdpo

@@ -1,0 +1,178 @@
+// N-API: createTrainer() and the NativeTrainer class (accumulate, step, save/load optimizer state, dispose).
+// Converts arguments and dispatches to native/core/preference_trainer; nothing else.
+#include <nlohmann/json.hpp>
+
+#include <cstring>
+
+#include "addon.h"
+#include "model_napi.h"
+#include "napi_util.h"
+#include "preference_trainer.h"
+#include "trainer_config.h"
+
+namespace tdpo::napi {
+
+struct TrainerState {
+  std::shared_ptr<ModelState> model;  // the policy; its mutex serialises all work on it
+  std::unique_ptr<PreferenceTrainer> trainer;
+};
+
+class NativeTrainer : public Disposable<NativeTrainer, TrainerState> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "NativeTrainer",
+                       {InstanceMethod("accumulate", &NativeTrainer::Accumulate), InstanceMethod("evaluate", &NativeTrainer::Evaluate),
+                        InstanceMethod("step", &NativeTrainer::Step),
+                        InstanceMethod("saveState", &NativeTrainer::SaveState), InstanceMethod("loadState", &NativeTrainer::LoadState),
+                        InstanceMethod("dispose", &NativeTrainer::Dispose),
+                        InstanceAccessor("disposed", &NativeTrainer::IsDisposed, nullptr)});
+  }
+
+  explicit NativeTrainer(const Napi::CallbackInfo& info) : Disposable<NativeTrainer, TrainerState>(info) {
+    if (info.Length() != 1 || !info[0].IsExternal())
+      throw Napi::TypeError::New(info.Env(), "NativeTrainer cannot be constructed directly; use createTrainer()");
+    state_ = *info[0].As<Napi::External<std::shared_ptr<TrainerState>>>().Data();
+  }
+
+ private:
+  // Arguments 0..5 of accumulate()/evaluate(): inputIds, attentionMask, labels, refLogps | null, rows, T.
+  static PreferenceBatch batch_arg(const Napi::CallbackInfo& info) {
+    auto env = info.Env();
+    auto rows = arg_int(info, 4, "rows"), T = arg_int(info, 5, "T");
+    if (rows < 2 || rows % 2 || T < 1) throw Napi::RangeError::New(env, "Expected an even rows >= 2 and T >= 1 for a preference batch");
+    PreferenceBatch b;
+    b.input_ids = int32_arg(info, 0, "inputIds", {rows, T});
+    b.attention_mask = int32_arg(info, 1, "attentionMask", {rows, T});
+    b.labels = int32_arg(info, 2, "labels", {rows, T});
+    if (!info[3].IsNull()) {
+      if (!info[3].IsTypedArray() || info[3].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array)
+        throw_type(env, "a Float64Array or null", "refLogps", info[3]);
+      auto a = info[3].As<Napi::Float64Array>();
+      if (static_cast<int64_t>(a.ElementLength()) != rows)
+        throw Napi::RangeError::New(env, "Expected " + std::to_string(rows) + " elements for refLogps but received " +
+                                             std::to_string(a.ElementLength()));
+      b.ref_logps = at::empty({rows}, at::kDouble);
+      std::memcpy(b.ref_logps.data_ptr<double>(), a.Data(), rows * sizeof(double));
+    }
+    return b;
+  }
+
+  static Napi::Value micro_to_js(Napi::Env e, MicroStepResult& r) {
+    auto o = Napi::Object::New(e);
+    o.Set("loss", Napi::Number::New(e, r.loss));
+    o.Set("chosenRewards", to_float64_array(e, r.chosen_rewards));
+    o.Set("rejectedRewards", to_float64_array(e, r.rejected_rewards));
+    o.Set("policyLogps", to_float64_array(e, r.policy_logps));
+    o.Set("counts", to_int32_array(e, r.counts));
+    o.Set("logitsSum", to_float64_array(e, r.logits_sum));
+    o.Set("tokens", Napi::Number::New(e, static_cast<double>(r.tokens)));
+    return o;
+  }
+
+  // accumulate(inputIds, attentionMask, labels, refLogps: Float64Array | null, rows, T, scale) -> Promise<MicroStep>
+  Napi::Value Accumulate(const Napi::CallbackInfo& info) {
+    expect_count(info, 7, "NativeTrainer.accumulate(inputIds, attentionMask, labels, refLogps, rows, T, scale)");
+    auto env = info.Env();
+    auto s = live(env, "NativeTrainer");
+    auto scale = arg_number(info, 6, "scale");
+    auto b = batch_arg(info);
+    return run_async<MicroStepResult>(
+        env, info.This().As<Napi::Object>(),
+        [s, b, scale]() {
+          std::lock_guard<std::mutex> lock(s->model->mu);
+          return s->trainer->accumulate(b, scale);
+        },
+        micro_to_js);
+  }
+
+  // evaluate(inputIds, attentionMask, labels, refLogps | null, rows, T) -> Promise<MicroStep> (no gradients)
+  Napi::Value Evaluate(const Napi::CallbackInfo& info) {
+    expect_count(info, 6, "NativeTrainer.evaluate(inputIds, attentionMask, labels, refLogps, rows, T)");
+    auto env = info.Env();
+    auto s = live(env, "NativeTrainer");
+    auto b = batch_arg(info);
+    return run_async<MicroStepResult>(
+        env, info.This().As<Napi::Object>(),
+        [s, b]() {
+          std::lock_guard<std::mutex> lock(s->model->mu);
+          return s->trainer->evaluate(b);
+        },
+        micro_to_js);
+  }
+
+  // step(lr, maxGradNorm) -> Promise<{gradNorm, skipped}>
+  Napi::Value Step(const Napi::CallbackInfo& info) {
+    expect_count(info, 2, "NativeTrainer.step(lr, maxGradNorm)");
+    auto env = info.Env();
+    auto s = live(env, "NativeTrainer");
+    auto lr = arg_number(info, 0, "lr"), clip = arg_number(info, 1, "maxGradNorm");
+    return run_async<StepResult>(
+        env, info.This().As<Napi::Object>(),
+        [s, lr, clip]() {
+          std::lock_guard<std::mutex> lock(s->model->mu);
+          return s->trainer->step(lr, clip);
+        },
+        [](Napi::Env e, StepResult& r) -> Napi::Value {
+          auto o = Napi::Object::New(e);
+          o.Set("gradNorm", Napi::Number::New(e, r.grad_norm));
+          o.Set("skipped", Napi::Boolean::New(e, r.skipped));
+          return o;
+        });
+  }
+
+  Napi::Value StateIO(const Napi::CallbackInfo& info, bool save) {
+    expect_count(info, 1, save ? "NativeTrainer.saveState(path)" : "NativeTrainer.loadState(path)");
+    auto env = info.Env();
+    auto s = live(env, "NativeTrainer");
+    auto path = arg_string(info, 0, "path");
+    return run_async<bool>(
+        env, info.This().As<Napi::Object>(),
+        [s, path, save]() {
+          std::lock_guard<std::mutex> lock(s->model->mu);
+          if (save)
+            s->trainer->save_state(path);
+          else
+            s->trainer->load_state(path);
+          return true;
+        },
+        [](Napi::Env e, bool&) -> Napi::Value { return e.Undefined(); });
+  }
+  Napi::Value SaveState(const Napi::CallbackInfo& info) { return StateIO(info, true); }
+  Napi::Value LoadState(const Napi::CallbackInfo& info) { return StateIO(info, false); }
+  Napi::Value Dispose(const Napi::CallbackInfo& info) { return DisposeImpl(info); }
+  Napi::Value IsDisposed(const Napi::CallbackInfo& info) { return IsDisposedImpl(info); }
+};
+
+// createTrainer(policy: NativeModel, configJson) -> NativeTrainer (sync: builds the optimizer only)
+static Napi::Value CreateTrainerJs(const Napi::CallbackInfo& info) {
+  expect_count(info, 2, "createTrainer(policy, configJson)");
+  auto env = info.Env();
+  auto model = NativeModel::StateOf(env, info[0], "policy");
+  auto json = arg_string(info, 1, "configJson");
+  auto state = guard(env, [&]() {
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(json);
+    } catch (const std::exception& e) {
+      TORCH_CHECK(false, "configJson is not valid JSON: ", e.what());
+    }
+    auto cfg = parse_trainer_config(j);
+    std::lock_guard<std::mutex> lock(model->mu);
+    auto st = std::make_shared<TrainerState>();
+    st->model = model;
+    st->trainer = std::make_unique<PreferenceTrainer>(model->model, cfg.loss, cfg.optimizer, cfg.fused);
+    return st;
+  });
+  auto holder = Napi::External<std::shared_ptr<TrainerState>>::New(
+      env, new std::shared_ptr<TrainerState>(std::move(state)), [](Napi::Env, std::shared_ptr<TrainerState>* p) { delete p; });
+  return addon_data(env).trainer_ctor.New({holder});
+}
+
+void InitTrainer(Napi::Env env, Napi::Object exports) {
+  auto ctor = NativeTrainer::Define(env);
+  addon_data(env).trainer_ctor = Napi::Persistent(ctor);
+  exports.Set("NativeTrainer", ctor);
+  exports.Set("createTrainer", Napi::Function::New(env, CreateTrainerJs, "createTrainer"));
+}
+
+}  // namespace tdpo::napi
