@@ -185,9 +185,9 @@ void save_causal_lm(const CausalLM& model, const std::string& dir, int64_t max_s
   const auto st = parse_dtype(name);
   auto tensors = export_weights(model, st);
   std::filesystem::create_directories(dir);
-  auto j = model_config_to_json(model.config());
-  j["torch_dtype"] = dtype_name(st);
-  const std::string text = j.dump(2) + "\n";
+  ModelConfig cfg = model.config();
+  cfg.torch_dtype = dtype_name(st);  // written under the key of the config's layout (torch_dtype or dtype)
+  const std::string text = model_config_to_json(cfg).dump(2) + "\n";
   write_checkpoint(dir, tensors, max_shard_bytes);
   write_file_atomic(dir + "/config.json", {{text.data(), text.size()}});
 }

@@ -148,6 +148,9 @@ Napi::Value NativeModel::Save(const Napi::CallbackInfo& info) {
       env, info.This().As<Napi::Object>(),
       [s, dir, dtype]() {
         std::lock_guard<std::mutex> lock(s->mu);
+        for (auto& [name, p] : s->model->named_parameters())
+          TORCH_CHECK(at::isfinite(p).all().item<bool>(), "refusing to write ", dir, ": parameter ", name,
+                      " holds non-finite values (NaN or Inf)");
         save_causal_lm(*s->model, dir, 5LL << 30, dtype);
         return true;
       },

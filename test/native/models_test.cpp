@@ -172,7 +172,8 @@ TEST(Models, Bfloat16ModelIsCloseToReference) {
 
 TEST(Models, SaveThenLoadIsBitIdentical) {
   REQUIRE_FIXTURES();
-  for (const std::string name : {"llama_bf16_sharded", "gpt2_untied_bf16", "qwen2_tied_window", "llama"}) {
+  for (const std::string name :
+       {"llama_bf16_sharded", "gpt2_untied_bf16", "qwen2_tied_window", "llama", "llama_rope_llama3"}) {
     const auto src = fixtures().dir(name);
     auto a = tdpo::load_causal_lm(src, c10::kCPU, at::kFloat);
     const auto out = tdpo_test::make_temp_dir("save");
@@ -199,6 +200,25 @@ TEST(Models, SaveThenLoadIsBitIdentical) {
     }
     fs::remove_all(out);
   }
+}
+
+TEST(Models, SaveInAnotherDtypeRoundsOnce) {
+  REQUIRE_FIXTURES();
+  auto a = tdpo::load_causal_lm(fixtures().dir("gpt2_tied"), c10::kCPU, at::kFloat);
+  const auto out = tdpo_test::make_temp_dir("save16");
+  tdpo::save_causal_lm(*a, out, 5LL << 30, "bfloat16");
+  EXPECT_TRUE(fs::exists(out + "/model.safetensors"));
+  auto j = nlohmann::json::parse(tdpo_test::read_text(out + "/config.json"));
+  EXPECT_EQ(j.value("torch_dtype", ""), "bfloat16");
+  EXPECT_EQ(j.value("n_embd", 0), 32);  // gpt2 names are kept
+  auto r = tdpo::CheckpointReader::open(out);
+  EXPECT_EQ(r.tensor("transformer.h.0.attn.c_attn.weight").scalar_type(), at::kBFloat16);
+  EXPECT_EQ(r.tensor("transformer.h.0.attn.c_attn.weight").sizes(), (at::IntArrayRef{32, 96}));  // Conv1D (in, out)
+  auto b = tdpo::load_causal_lm(out, c10::kCPU, at::kFloat);
+  auto pa = a->named_parameters(), pb = b->named_parameters();
+  for (size_t i = 0; i < pa.size(); ++i)
+    EXPECT_TRUE(at::equal(pa[i].second.to(at::kBFloat16).to(at::kFloat), pb[i].second)) << pa[i].first;
+  fs::remove_all(out);
 }
 
 TEST(Models, LoadIsZeroCopyAndParametersStayTrainable) {
