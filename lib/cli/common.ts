@@ -50,7 +50,12 @@ export function readConfigFile(file: string): Record<string, unknown> {
 export class Progress {
   private bar: cliProgress.SingleBar | undefined;
   private lastLine = 0;
-  constructor(private readonly total: number, private readonly label: string, enabled = process.stdout.isTTY === true) {
+  constructor(
+    private readonly total: number,
+    private readonly label: string,
+    enabled = process.stdout.isTTY === true,
+    private readonly log: (line: string) => void = (l) => console.log(l),
+  ) {
     if (enabled) {
       this.bar = new cliProgress.SingleBar(
         { format: `${label} [{bar}] {value}/{total} steps | {info} | ETA {eta_formatted}`, hideCursor: true, etaBuffer: 20 },
@@ -63,7 +68,7 @@ export class Progress {
     if (this.bar) this.bar.update(value, { info });
     else if (Date.now() - this.lastLine > 0) {
       this.lastLine = Date.now();
-      console.log(`${this.label} ${value}/${this.total} ${info}`);
+      this.log(`${this.label} ${value}/${this.total} ${info}`);
     }
   }
   stop(): void {

@@ -63,10 +63,11 @@ export function register(program: Command): void {
     });
 }
 
-export async function runTraining(opts: DPOTrainerOptions, ui: { progress: boolean; report: boolean; label?: string }): Promise<void> {
+export async function runTraining(opts: DPOTrainerOptions, ui: { progress: boolean; report: boolean; label?: string; log?: (line: string) => void }): Promise<void> {
+  const log = ui.log ?? ((l: string) => console.log(l));
   await using trainer = await DPOTrainer.create(opts);
   const total = trainer.state.totalSteps;
-  const bar = new Progress(total, ui.label ?? 'train', ui.progress && process.stdout.isTTY === true);
+  const bar = new Progress(total, ui.label ?? 'train', ui.progress && process.stdout.isTTY === true, log);
   const ac = new AbortController();
   const onSig = () => ac.abort();
   process.once('SIGINT', onSig);
@@ -82,6 +83,6 @@ export async function runTraining(opts: DPOTrainerOptions, ui: { progress: boole
     bar.stop();
     process.removeListener('SIGINT', onSig);
   }
-  if (ui.report) console.log(`report: ${await writeReport(trainer.options.outputDir)}`);
-  console.log(`done: ${trainer.state.step} steps; checkpoint in ${trainer.options.outputDir}`);
+  if (ui.report) log(`report: ${await writeReport(trainer.options.outputDir)}`);
+  log(`done: ${trainer.state.step} steps; checkpoint in ${trainer.options.outputDir}`);
 }

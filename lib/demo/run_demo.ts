@@ -69,7 +69,7 @@ export async function runDemo(opts: DemoOptions = {}): Promise<{ rows: DemoEvalR
   writeJsonl(sftData, sftRecords(768, seed));
   await runTraining(
     { policy: initDir, data: sftData, outputDir: path.join(out, 'sft'), lossType: 'sft', referenceFree: true, learningRate: 3e-3, perDeviceTrainBatchSize: 16, numTrainEpochs: 3, lrSchedulerType: 'cosine', warmupRatio: 0.05, maxGradNorm: 1, loggingSteps: 10, saveSteps: 0, seed },
-    { progress, report: false, label: '[2/5] sft' },
+    { progress, report: false, label: '[2/5] sft', log },
   );
   const sftDir = latestCheckpoint(path.join(out, 'sft'));
 
@@ -104,7 +104,7 @@ export async function runDemo(opts: DemoOptions = {}): Promise<{ rows: DemoEvalR
   const dpoOut = path.join(out, 'dpo');
   await runTraining(
     { policy: sftDir, refCache: cache, data: pairData, outputDir: dpoOut, beta: 0.1, learningRate: 1e-3, perDeviceTrainBatchSize: 16, numTrainEpochs: 3, lrSchedulerType: 'linear', warmupRatio: 0.1, maxGradNorm: 1, loggingSteps: 5, saveSteps: 0, seed },
-    { progress, report: false, label: '[4/5] dpo' },
+    { progress, report: false, label: '[4/5] dpo', log },
   );
   const policyDir = latestCheckpoint(dpoOut);
 

@@ -1,6 +1,6 @@
 // Test helper: builds tiny Hugging Face checkpoints with test/reference/make_fixture.py and their float64 reference
 // outputs with test/reference/reference.py, all in ONE /usr/bin/python3 process (importing torch once), into a
-// temporary folder that lives for the whole test binary.
+// cached temporary folder.
 #pragma once
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <sstream>
 #include <string>
@@ -54,30 +55,52 @@ struct FixtureCase {
 };
 
 struct FixtureSet {
-  std::string root;                          // temp folder; root/<name> is a checkpoint with ref.json
+  std::string root;                          // cache folder; root/<name> is a checkpoint with ref.json
   nlohmann::json input;                      // reference.py input (sequences, generate)
   std::map<std::string, nlohmann::json> ref; // name -> reference.py output
   std::string error;                         // non-empty when building failed
+  std::string skip;                          // non-empty when /usr/bin/python3 with torch is missing (no cache)
   std::string dir(const std::string& name) const { return root + "/" + name; }
 };
 
-// Runs make_fixture.make(args) and reference.run(dir, input) for every case in one Python process.
+// Runs make_fixture.make(args) and reference.run(dir, input) for every case in one Python process. The result is
+// cached in <tmp>/tdpo_<tag>_<hash of the reference scripts, cases and input> so that the separate processes ctest
+// starts for each test build it once; a folder is only published (renamed into place) once complete.
 inline FixtureSet build_fixtures(const std::string& tag, const std::vector<FixtureCase>& cases,
                                  const nlohmann::json& input) {
   FixtureSet fs;
-  fs.root = make_temp_dir(tag);
   fs.input = input;
   const std::string ref_dir = std::string(TORCH_DPO_SOURCE_DIR) + "/test/reference";
+  std::string key_text = input.dump();
+  for (const char* f : {"make_fixture.py", "reference.py", "st_io.py"}) key_text += read_text(ref_dir + "/" + f);
+  for (const auto& c : cases) {
+    key_text += "|" + c.name;
+    for (const auto& a : c.args) key_text += " " + a;
+  }
+  std::ostringstream key;
+  key << std::hex << std::hash<std::string>{}(key_text);
+  const std::string cached = (std::filesystem::temp_directory_path() / ("tdpo_" + tag + "_" + key.str())).string();
+  auto load_refs = [&](const std::string& root) {
+    fs.root = root;
+    for (const auto& c : cases) fs.ref[c.name] = nlohmann::json::parse(read_text(fs.dir(c.name) + "/ref.json"));
+  };
+  if (std::filesystem::exists(cached + "/complete")) {
+    load_refs(cached);
+    return fs;
+  }
+  fs.skip = python_torch_missing();
+  if (!fs.skip.empty()) return fs;
+  const std::string work = make_temp_dir(tag + "_build");
   nlohmann::json jobs = nlohmann::json::array();
   for (const auto& c : cases) {
     auto args = c.args;
     args.push_back("--out");
-    args.push_back(fs.dir(c.name));
-    jobs.push_back({{"dir", fs.dir(c.name)}, {"args", args}});
+    args.push_back(work + "/" + c.name);
+    jobs.push_back({{"dir", work + "/" + c.name}, {"args", args}});
   }
-  write_text(fs.root + "/jobs.json", jobs.dump());
-  write_text(fs.root + "/input.json", input.dump());
-  write_text(fs.root + "/driver.py",
+  write_text(work + "/jobs.json", jobs.dump());
+  write_text(work + "/input.json", input.dump());
+  write_text(work + "/driver.py",
              "import json, sys\n"
              "sys.path.insert(0, sys.argv[1])\n"
              "import make_fixture, reference\n"
@@ -86,13 +109,17 @@ inline FixtureSet build_fixtures(const std::string& tag, const std::vector<Fixtu
              "for j in jobs:\n"
              "    make_fixture.make(j['args'])\n"
              "    json.dump(reference.run(j['dir'], inp), open(j['dir'] + '/ref.json', 'w'))\n");
-  const std::string cmd = "/usr/bin/python3 " + fs.root + "/driver.py " + ref_dir + " " + fs.root + "/jobs.json " +
-                          fs.root + "/input.json > " + fs.root + "/driver.log 2>&1";
+  const std::string cmd = "/usr/bin/python3 " + work + "/driver.py " + ref_dir + " " + work + "/jobs.json " + work +
+                          "/input.json > " + work + "/driver.log 2>&1";
   if (std::system(cmd.c_str()) != 0) {
-    fs.error = "fixture driver failed: " + cmd + "\n" + read_text(fs.root + "/driver.log");
+    fs.error = "fixture driver failed: " + cmd + "\n" + read_text(work + "/driver.log");
     return fs;
   }
-  for (const auto& c : cases) fs.ref[c.name] = nlohmann::json::parse(read_text(fs.dir(c.name) + "/ref.json"));
+  write_text(work + "/complete", "");
+  std::error_code ec;
+  std::filesystem::rename(work, cached, ec);  // fails when another process published first: use theirs
+  if (ec) std::filesystem::remove_all(work, ec);
+  load_refs(cached);
   return fs;
 }
 
