@@ -4,14 +4,16 @@ import { Command } from 'commander';
 import * as info from './cli/info';
 import * as demo from './cli/demo';
 import * as train from './cli/train';
+import * as preferenceTrainers from './cli/preference_trainers';
 import * as precompute from './cli/precompute';
 import * as inspect from './cli/inspect';
 import * as report from './cli/report';
+import * as launch from './cli/launch';
 
 export function buildProgram(): Command {
   const program = new Command();
   program.name('torch-dpo').description('Direct Preference Optimization on libtorch, from Node.js').showHelpAfterError();
-  for (const cmd of [demo, train, precompute, inspect, report, info]) cmd.register(program);
+  for (const cmd of [demo, train, preferenceTrainers, precompute, inspect, report, launch, info]) cmd.register(program);
   return program;
 }
 

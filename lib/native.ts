@@ -49,6 +49,13 @@ export interface NativeTrainerHandle {
   step(lr: number, maxGradNorm: number): Promise<{ gradNorm: number; skipped: boolean }>;
   saveState(path: string): Promise<void>;
   loadState(path: string): Promise<void>;
+  /** Joins a c10d group (TCPStore at masterAddr:masterPort, gloo) and copies rank 0's parameters; step() then
+   *  all-reduces gradients (mean). Rejects, naming the master and world size, when the rendezvous times out. */
+  joinDataParallel(rank: number, worldSize: number, localRank: number, masterAddr: string, masterPort: number, timeoutMs: number): Promise<void>;
+  /** Element-wise sums over the ranks (the values themselves without a group). */
+  allreduceSum(values: Float64Array): Promise<Float64Array>;
+  /** Waits for every rank (resolves at once without a group). */
+  barrier(): Promise<void>;
   dispose(): void;
   readonly disposed: boolean;
 }

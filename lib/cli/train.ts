@@ -8,59 +8,97 @@ import { fmt, parseInteger, parseList, parseNumber, parseNumberList, Progress, r
 // flag -> option name (flags not listed map by camelCase of the flag)
 const RENAME: Record<string, string> = { output: 'outputDir', loss: 'lossType', batchSize: 'perDeviceTrainBatchSize' };
 
+export type OptionSpec = [flags: string, description: string, parse?: (v: string) => unknown];
+
+// The options of every training subcommand (train, orpo, cpo, sft), in help order; `reference` and `loss` ones only
+// where the command uses them.
+const DATA_OPTIONS: OptionSpec[] = [
+  ['--config <file>', 'options as JSON or YAML (camelCase or TRL snake_case keys); flags override it'],
+  ['--policy <dir>', 'policy model directory (Hugging Face layout)'],
+];
+const REFERENCE_OPTIONS: OptionSpec[] = [
+  ['--reference <dir>', 'reference model directory'],
+  ['--ref-cache <dir>', 'reference log-prob cache (from `precompute`, or filled while training)'],
+];
+const IO_OPTIONS: OptionSpec[] = [
+  ['--data <file>', 'training data (.jsonl or .parquet)'],
+  ['--eval-data <file>', 'evaluation data'],
+  ['--output <dir>', 'output directory (checkpoints, metrics.jsonl, report.html)'],
+];
+const LOSS_OPTIONS: OptionSpec[] = [
+  ['--loss <types>', 'loss type(s), comma separated (sigmoid, ipo, hinge, robust, sft, orpo, simpo, cpo, ...)', parseList],
+  ['--loss-weights <ws>', 'weights of the loss types, comma separated', parseNumberList],
+  ['--beta <n>', 'β (default 0.1)', parseNumber],
+  ['--label-smoothing <n>', 'ε of cDPO (default 0)', parseNumber],
+  ['--reference-free', 'treat the reference as uniform'],
+  ['--simpo-gamma <n>', 'γ, target margin of the simpo loss (default 0.5)', parseNumber],
+];
+const RUN_OPTIONS: OptionSpec[] = [
+  ['--learning-rate <n>', 'peak learning rate (default 1e-6)', parseNumber],
+  ['--batch-size <n>', 'pairs per micro-batch (default 8)', parseInteger],
+  ['--gradient-accumulation-steps <n>', 'micro-batches per step (default 1)', parseInteger],
+  ['--max-length <n>', 'longest prompt+completion (default 1024)', parseInteger],
+  ['--max-prompt-length <n>', 'longest prompt (default 512)', parseInteger],
+  ['--truncation-mode <m>', 'keep_end | keep_start'],
+  ['--overlong-policy <p>', 'truncate | drop | error'],
+  ['--warmup-ratio <n>', 'fraction of steps of warmup (default 0)', parseNumber],
+  ['--lr-scheduler-type <t>', 'linear | cosine | constant'],
+  ['--weight-decay <n>', 'weight decay (default 0)', parseNumber],
+  ['--max-grad-norm <n>', 'gradient clipping, 0 = off (default 1)', parseNumber],
+  ['--num-train-epochs <n>', 'epochs (default 1)', parseNumber],
+  ['--max-steps <n>', 'optimizer steps; overrides epochs', parseInteger],
+  ['--seed <n>', 'seed (default 42)', parseInteger],
+  ['--no-shuffle', 'keep the file order'],
+  ['--shuffle-buffer-size <n>', 'shuffle buffer in examples (default 10000)', parseInteger],
+  ['--optimizer <o>', 'adamw | sgd'],
+  ['--adam-beta1 <n>', 'AdamW β1', parseNumber],
+  ['--adam-beta2 <n>', 'AdamW β2', parseNumber],
+  ['--adam-epsilon <n>', 'AdamW ε', parseNumber],
+  ['--dtype <d>', 'float32 | bfloat16 | float16'],
+  ['--device <d>', 'cpu | cuda | cuda:N'],
+  ['--logging-steps <n>', 'log every N steps (default 10)', parseInteger],
+  ['--eval-steps <n>', 'evaluate every N steps', parseInteger],
+  ['--save-steps <n>', 'checkpoint every N steps (default 500)', parseInteger],
+  ['--resume [checkpoint]', 'resume from the latest checkpoint in --output, or the given one'],
+  ['--max-non-finite-steps <n>', 'non-finite steps tolerated (default 3)', parseInteger],
+  ['--chunk-rows <n>', 'tokens per lm-head chunk (default 1024)', parseInteger],
+  ['--no-progress', 'plain log lines even on a terminal'],
+  ['--no-report', 'do not write report.html at the end'],
+];
+
+/** Adds the training options to `cmd`: all of them (`train`), or without the reference and loss ones (the
+ *  reference-free trainers, which add their own loss options with `extra`, placed after --output). */
+export function addTrainingOptions(cmd: Command, which: { reference: boolean; loss: boolean; extra?: OptionSpec[] }): Command {
+  const specs = [
+    ...DATA_OPTIONS,
+    ...(which.reference ? REFERENCE_OPTIONS : []),
+    ...IO_OPTIONS,
+    ...(which.loss ? LOSS_OPTIONS : []),
+    ...(which.extra ?? []),
+    ...RUN_OPTIONS,
+  ];
+  for (const [flags, description, parse] of specs) {
+    if (parse) cmd.option(flags, description, parse as (v: string, prev: unknown) => unknown);
+    else cmd.option(flags, description);
+  }
+  return cmd;
+}
+
+/** Options from --config (if any) overridden by the given flags, flag names mapped to option names. */
+export function optionsFromFlags(flags: Record<string, unknown>): { opts: Record<string, unknown>; ui: { progress: boolean; report: boolean } } {
+  const { config, progress, report, shuffle, ...rest } = flags;
+  const opts: Record<string, unknown> = config ? readConfigFile(String(config)) : {};
+  for (const [k, v] of Object.entries(rest)) if (v !== undefined) opts[RENAME[k] ?? k] = v;
+  if (shuffle === false) opts.shuffle = false;
+  return { opts, ui: { progress: progress !== false, report: report !== false } };
+}
+
 export function register(program: Command): void {
-  program
-    .command('train')
-    .description('train a policy by DPO (or a listed relative) on a preference data file')
-    .option('--config <file>', 'options as JSON or YAML (camelCase or TRL snake_case keys); flags override it')
-    .option('--policy <dir>', 'policy model directory (Hugging Face layout)')
-    .option('--reference <dir>', 'reference model directory')
-    .option('--ref-cache <dir>', 'reference log-prob cache (from `precompute`, or filled while training)')
-    .option('--data <file>', 'training data (.jsonl or .parquet)')
-    .option('--eval-data <file>', 'evaluation data')
-    .option('--output <dir>', 'output directory (checkpoints, metrics.jsonl, report.html)')
-    .option('--loss <types>', 'loss type(s), comma separated (sigmoid, ipo, hinge, robust, sft, ...)', parseList)
-    .option('--loss-weights <ws>', 'weights of the loss types, comma separated', parseNumberList)
-    .option('--beta <n>', 'β (default 0.1)', parseNumber)
-    .option('--label-smoothing <n>', 'ε of cDPO (default 0)', parseNumber)
-    .option('--reference-free', 'treat the reference as uniform')
-    .option('--learning-rate <n>', 'peak learning rate (default 1e-6)', parseNumber)
-    .option('--batch-size <n>', 'pairs per micro-batch (default 8)', parseInteger)
-    .option('--gradient-accumulation-steps <n>', 'micro-batches per step (default 1)', parseInteger)
-    .option('--max-length <n>', 'longest prompt+completion (default 1024)', parseInteger)
-    .option('--max-prompt-length <n>', 'longest prompt (default 512)', parseInteger)
-    .option('--truncation-mode <m>', 'keep_end | keep_start')
-    .option('--overlong-policy <p>', 'truncate | drop | error')
-    .option('--warmup-ratio <n>', 'fraction of steps of warmup (default 0)', parseNumber)
-    .option('--lr-scheduler-type <t>', 'linear | cosine | constant')
-    .option('--weight-decay <n>', 'weight decay (default 0)', parseNumber)
-    .option('--max-grad-norm <n>', 'gradient clipping, 0 = off (default 1)', parseNumber)
-    .option('--num-train-epochs <n>', 'epochs (default 1)', parseNumber)
-    .option('--max-steps <n>', 'optimizer steps; overrides epochs', parseInteger)
-    .option('--seed <n>', 'seed (default 42)', parseInteger)
-    .option('--no-shuffle', 'keep the file order')
-    .option('--shuffle-buffer-size <n>', 'shuffle buffer in examples (default 10000)', parseInteger)
-    .option('--optimizer <o>', 'adamw | sgd')
-    .option('--adam-beta1 <n>', 'AdamW β1', parseNumber)
-    .option('--adam-beta2 <n>', 'AdamW β2', parseNumber)
-    .option('--adam-epsilon <n>', 'AdamW ε', parseNumber)
-    .option('--dtype <d>', 'float32 | bfloat16 | float16')
-    .option('--device <d>', 'cpu | cuda | cuda:N')
-    .option('--logging-steps <n>', 'log every N steps (default 10)', parseInteger)
-    .option('--eval-steps <n>', 'evaluate every N steps', parseInteger)
-    .option('--save-steps <n>', 'checkpoint every N steps (default 500)', parseInteger)
-    .option('--resume [checkpoint]', 'resume from the latest checkpoint in --output, or the given one')
-    .option('--max-non-finite-steps <n>', 'non-finite steps tolerated (default 3)', parseInteger)
-    .option('--chunk-rows <n>', 'tokens per lm-head chunk (default 1024)', parseInteger)
-    .option('--no-progress', 'plain log lines even on a terminal')
-    .option('--no-report', 'do not write report.html at the end')
-    .action(async (flags: Record<string, unknown>) => {
-      const { config, progress, report, shuffle, ...rest } = flags;
-      const opts: Record<string, unknown> = config ? readConfigFile(String(config)) : {};
-      for (const [k, v] of Object.entries(rest)) if (v !== undefined) opts[RENAME[k] ?? k] = v;
-      if (shuffle === false) opts.shuffle = false;
-      await runTraining(opts as unknown as DPOTrainerOptions, { progress: progress !== false, report: report !== false });
-    });
+  const cmd = program.command('train').description('train a policy by DPO (or a listed relative) on a preference data file');
+  addTrainingOptions(cmd, { reference: true, loss: true }).action(async (flags: Record<string, unknown>) => {
+    const { opts, ui } = optionsFromFlags(flags);
+    await runTraining(opts as unknown as DPOTrainerOptions, ui);
+  });
 }
 
 export async function runTraining(opts: DPOTrainerOptions, ui: { progress: boolean; report: boolean; label?: string; log?: (line: string) => void }): Promise<void> {

@@ -50,18 +50,35 @@ export async function* preferenceExamples(o: PairSourceOptions, tokenizer: Token
   }
 }
 
+/** Data-parallel sharding: this process is `rank` of `worldSize`. */
+export interface Shard {
+  rank: number;
+  worldSize: number;
+}
+
 /**
  * Batches of epoch `epoch` starting after `skip` examples (resume). The order depends only on the file, the seed
  * and the epoch, so a resumed run sees exactly the examples an uninterrupted one would.
+ * With `shard`, the epoch's order is cut into groups of worldSize consecutive examples and this rank takes the
+ * example at index % worldSize == rank of each complete group (an incomplete last group is dropped), so every rank
+ * gets the same number of examples and every example is seen once per epoch across the ranks; `skip` counts
+ * examples of all ranks.
  */
-export async function* pairBatches(o: PairSourceOptions | ResolvedDPOOptions, tokenizer: Tokenizer, epoch: number, skip: number, stats?: TokenizeStats): AsyncGenerator<PairBatch> {
+export async function* pairBatches(o: PairSourceOptions | ResolvedDPOOptions, tokenizer: Tokenizer, epoch: number, skip: number, stats?: TokenizeStats, shard?: Shard): AsyncGenerator<PairBatch> {
   const pad = tokenizer.padTokenId ?? tokenizer.eosTokenId ?? 0;
+  const W = shard?.worldSize ?? 1;
+  const rank = shard?.rank ?? 0;
   async function* ordered(): AsyncGenerator<IndexedExample> {
     const base = preferenceExamples(o, tokenizer, stats);
     const src = o.shuffle ? shuffleBuffer(base, { bufferSize: o.shuffleBufferSize, seed: (o.seed + epoch * 7919) >>> 0 }) : base;
     let index = 0;
+    let mine: IndexedExample | undefined; // this rank's member of the current group, held until the group is complete
     for await (const ex of src) {
-      if (index >= skip) yield { ...ex, index, source: o.data };
+      if (index % W === rank && index >= skip) mine = { ...ex, index, source: o.data };
+      if (index % W === W - 1) {
+        if (mine) yield mine;
+        mine = undefined;
+      }
       index++;
     }
   }

@@ -10,6 +10,7 @@ import { checkWritableDir, replaceDirAtomic, writeFileAtomic, writeJsonAtomic } 
 import { DPOTrainerOptions, ResolvedDPOOptions, resolveDPOOptions } from './options';
 import { learningRateAt } from './schedule';
 import { countExamples, PairBatch, pairBatches } from './data_source';
+import { DistEnv, readDistEnv } from './distributed';
 
 /** One logging step's metrics, with TRL's names. */
 export interface DPOMetrics {
@@ -75,6 +76,19 @@ class MetricWindow {
   get empty() {
     return this.n === 0;
   }
+  private static readonly KEYS = ['loss', 'rewards/chosen', 'rewards/rejected', 'rewards/accuracies', 'rewards/margins', 'logps/chosen', 'logps/rejected', 'lc', 'lr_', 'cc', 'rc', 'tokens', 'steps', 'grad_norm'];
+  /** The window's sums (count, pairs, then KEYS), for an all-reduce over the ranks. */
+  sums(): Float64Array {
+    return Float64Array.from([this.n, this.pairs, ...MetricWindow.KEYS.map((k) => this.s[k] ?? 0)]);
+  }
+  /** A window holding the given sums (from sums(), e.g. summed over the ranks). */
+  static fromSums(v: Float64Array): MetricWindow {
+    const w = new MetricWindow();
+    w.n = v[0];
+    w.pairs = v[1];
+    MetricWindow.KEYS.forEach((k, i) => (w.s[k] = v[2 + i]));
+    return w;
+  }
   get tokens() {
     return this.s.tokens ?? 0;
   }
@@ -99,6 +113,8 @@ export class DPOTrainer implements AsyncDisposable {
   private trainer: NativeTrainerHandle | undefined;
   private cache: RefLogpCache | undefined;
   readonly state: TrainerState;
+  /** Data-parallel settings (from the environment, see `torch-dpo launch`); undefined in a single process. */
+  readonly dist: DistEnv | undefined;
 
   private constructor(
     readonly options: ResolvedDPOOptions,
@@ -107,7 +123,9 @@ export class DPOTrainer implements AsyncDisposable {
     cache: RefLogpCache | undefined,
     trainer: NativeTrainerHandle,
     state: TrainerState,
+    dist: DistEnv | undefined,
   ) {
+    this.dist = dist;
     this.cache = cache;
     this.trainer = trainer;
     this.state = state;
@@ -116,27 +134,37 @@ export class DPOTrainer implements AsyncDisposable {
   /** Validates options, loads the policy (and reference / cache), resumes when asked. */
   static async create(input: DPOTrainerOptions): Promise<DPOTrainer> {
     const o = resolveDPOOptions(input);
+    const dist = readDistEnv();
     await checkWritableDir(o.outputDir, 'outputDir');
     const resumeDir = o.resume ? findResumeDir(o) : undefined;
-    const policy = await Model.load(resumeDir ?? o.policy, { device: o.device, dtype: o.dtype });
+    // one GPU per process: a plain 'cuda' means this rank's local GPU
+    const device = dist && o.device === 'cuda' ? (`cuda:${dist.localRank}` as typeof o.device) : o.device;
+    const policy = await Model.load(resumeDir ?? o.policy, { device, dtype: o.dtype });
     let reference: Model | undefined;
     let cache: RefLogpCache | undefined;
     let trainer: NativeTrainerHandle | undefined;
     try {
       policy.requireTokenizer();
-      if (o.reference) reference = await Model.load(o.reference, { device: o.device, dtype: o.dtype });
+      if (o.reference) reference = await Model.load(o.reference, { device, dtype: o.dtype });
       if (o.refCache) {
         const referenceId = o.reference ? await referenceIdentity(o.reference) : undefined;
         cache = await openCache(o.refCache, referenceId);
       }
       trainer = callNativeSync('createTrainer', () => addon().createTrainer(policy.native, JSON.stringify(trainerConfig(o))));
-      const totalSteps = o.maxSteps > 0 ? o.maxSteps : Math.max(1, Math.ceil((o.numTrainEpochs * (await countExamples(o.data))) / (o.perDeviceTrainBatchSize * o.gradientAccumulationSteps)));
+      if (dist) {
+        const t = trainer;
+        await callNative(`joining the data-parallel group as rank ${dist.rank} of ${dist.worldSize} at ${dist.masterAddr}:${dist.masterPort}`, () =>
+          t.joinDataParallel(dist.rank, dist.worldSize, dist.localRank, dist.masterAddr, dist.masterPort, dist.timeoutMs),
+        );
+      }
+      const W = dist?.worldSize ?? 1;
+      const totalSteps = o.maxSteps > 0 ? o.maxSteps : Math.max(1, Math.ceil((o.numTrainEpochs * Math.floor((await countExamples(o.data)) / W)) / (o.perDeviceTrainBatchSize * o.gradientAccumulationSteps)));
       let state: TrainerState = { step: 0, epoch: 0, examplesInEpoch: 0, nonFiniteSteps: 0, totalSteps };
       if (resumeDir) {
         state = readTrainerState(resumeDir);
         await callNative(`loading optimizer state from ${resumeDir}`, () => trainer!.loadState(path.join(resumeDir, 'optimizer.pt')));
       }
-      return new DPOTrainer(o, policy, reference, cache, trainer, state);
+      return new DPOTrainer(o, policy, reference, cache, trainer, state, dist);
     } catch (e) {
       trainer?.dispose();
       policy.dispose();
@@ -193,16 +221,17 @@ export class DPOTrainer implements AsyncDisposable {
     let stopped = false;
     while (st.step < st.totalSteps && st.epoch < epochs && !stopped) {
       let sawData = false;
-      for await (const b of pairBatches(o, this.policy.requireTokenizer(), st.epoch, st.examplesInEpoch)) {
+      const shard = this.dist ? { rank: this.dist.rank, worldSize: this.dist.worldSize } : undefined;
+      for await (const b of pairBatches(o, this.policy.requireTokenizer(), st.epoch, st.examplesInEpoch, undefined, shard)) {
         sawData = true;
-        if (opts.signal?.aborted) {
+        if (await this.anyRank(opts.signal?.aborted === true)) {
           stopped = true;
           break;
         }
         const ref = await this.referenceLogps(b);
         const r = await callNative('train step', () => this.native.accumulate(b.inputIds, b.attentionMask, b.labels, ref, 2 * b.size, b.T, 1 / accum));
         window.addMicro(r, ref);
-        st.examplesInEpoch += b.size;
+        st.examplesInEpoch += b.size * (this.dist?.worldSize ?? 1); // every rank took a batch of this size
         micro++;
         if (micro % accum !== 0) continue;
         const lr = learningRateAt(st.step, st.totalSteps, o.learningRate, o.lrSchedulerType, warmup);
@@ -218,8 +247,8 @@ export class DPOTrainer implements AsyncDisposable {
         st.step++;
         const done = st.step >= st.totalSteps;
         if (st.step % o.loggingSteps === 0 || done) {
-          const m = this.metrics(window, lr, windowStart);
-          fs.appendFileSync(metricsFile, JSON.stringify(m) + '\n');
+          const m = this.metrics(await this.globalWindow(window), lr, windowStart);
+          if (this.isMain) fs.appendFileSync(metricsFile, JSON.stringify(m) + '\n');
           lastLogged = st.step;
           window = new MetricWindow();
           windowStart = Date.now();
@@ -236,8 +265,8 @@ export class DPOTrainer implements AsyncDisposable {
       micro = 0;
     }
     if (!window.empty && st.step > lastLogged) {
-      const m = this.metrics(window, learningRateAt(Math.min(st.step, st.totalSteps - 1), st.totalSteps, o.learningRate, o.lrSchedulerType, warmup), windowStart);
-      fs.appendFileSync(metricsFile, JSON.stringify(m) + '\n');
+      const m = this.metrics(await this.globalWindow(window), learningRateAt(Math.min(st.step, st.totalSteps - 1), st.totalSteps, o.learningRate, o.lrSchedulerType, warmup), windowStart);
+      if (this.isMain) fs.appendFileSync(metricsFile, JSON.stringify(m) + '\n');
       yield m;
     }
     if (o.evalData) yield { ...(await this.evaluate()) } as DPOMetrics;
@@ -258,8 +287,26 @@ export class DPOTrainer implements AsyncDisposable {
     if (w.empty) throw new Error(`${o.evalData}: no usable examples`);
     const m: Record<string, number> = { step: this.state.step };
     for (const [k, v] of Object.entries(w.summary())) if (k !== 'grad_norm') m[`eval_${k}`] = v;
-    fs.appendFileSync(path.join(o.outputDir, 'metrics.jsonl'), JSON.stringify(m) + '\n');
+    if (this.isMain) fs.appendFileSync(path.join(o.outputDir, 'metrics.jsonl'), JSON.stringify(m) + '\n');
     return m;
+  }
+
+  /** True on rank 0 (or a single process): the one process that writes metrics and checkpoints. */
+  get isMain(): boolean {
+    return !this.dist || this.dist.rank === 0;
+  }
+
+  /** Whether `flag` holds on any rank (every rank must call it at the same point). */
+  private async anyRank(flag: boolean): Promise<boolean> {
+    if (!this.dist) return flag;
+    const v = await callNative('all-reduce of the stop flag', () => this.native.allreduceSum(Float64Array.of(flag ? 1 : 0)));
+    return v[0] > 0;
+  }
+
+  /** The window summed over the ranks (metrics over the global batch). */
+  private async globalWindow(w: MetricWindow): Promise<MetricWindow> {
+    if (!this.dist) return w;
+    return MetricWindow.fromSums(await callNative('all-reduce of metrics', () => this.native.allreduceSum(w.sums())));
   }
 
   private metrics(w: MetricWindow, lr: number, since: number): DPOMetrics {
@@ -275,10 +322,28 @@ export class DPOTrainer implements AsyncDisposable {
     } as DPOMetrics;
   }
 
-  /** Writes outputDir/checkpoint-<step> (HF model + optimizer + trainer state) atomically; returns its path. */
+  /**
+   * Writes outputDir/checkpoint-<step> (HF model + optimizer + trainer state) atomically; returns its path. With
+   * data parallelism every rank calls it: rank 0 writes (all ranks hold the same weights and optimizer state), the
+   * others wait for it at a barrier.
+   */
   async saveCheckpoint(): Promise<string> {
     const o = this.options;
     const final = path.join(o.outputDir, `checkpoint-${this.state.step}`);
+    if (!this.isMain) {
+      await callNative('waiting for rank 0 to write a checkpoint', () => this.native.barrier());
+      return final;
+    }
+    try {
+      await this.writeCheckpoint(final);
+    } finally {
+      if (this.dist) await callNative('checkpoint barrier', () => this.native.barrier());
+    }
+    return final;
+  }
+
+  private async writeCheckpoint(final: string): Promise<void> {
+    const o = this.options;
     const tmp = path.join(o.outputDir, `.tmp-checkpoint-${this.state.step}-${process.pid}`);
     fs.rmSync(tmp, { recursive: true, force: true });
     fs.mkdirSync(tmp, { recursive: true });
@@ -287,7 +352,6 @@ export class DPOTrainer implements AsyncDisposable {
     await writeJsonAtomic(path.join(tmp, 'trainer_state.json'), { ...this.state, format: 'torch-dpo-trainer-state', version: 1 });
     await replaceDirAtomic(tmp, final);
     await writeFileAtomic(path.join(o.outputDir, 'latest'), path.basename(final) + '\n');
-    return final;
   }
 
   dispose(): void {
@@ -316,6 +380,7 @@ export function trainerConfig(o: ResolvedDPOOptions) {
       beta: o.beta,
       labelSmoothing: o.labelSmoothing,
       referenceFree: o.referenceFree,
+      simpoGamma: o.simpoGamma,
     },
     optimizer: { type: o.optimizer, weightDecay: o.weightDecay, beta1: o.adamBeta1, beta2: o.adamBeta2, eps: o.adamEpsilon, momentum: 0 },
     chunkRows: o.chunkRows,

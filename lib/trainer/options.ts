@@ -8,7 +8,7 @@ import { LR_SCHEDULERS, LrSchedulerType } from './schedule';
 
 export const DPO_LOSS_TYPES = [
   'sigmoid', 'robust', 'hinge', 'ipo', 'exo_pair', 'nca_pair', 'bco_pair', 'sppo_hard', 'apo_zero', 'apo_down',
-  'discopop', 'aot', 'aot_unpaired', 'sigmoid_norm', 'sft',
+  'discopop', 'aot', 'aot_unpaired', 'sigmoid_norm', 'sft', 'orpo', 'simpo', 'cpo',
 ] as const;
 export type DPOLossType = (typeof DPO_LOSS_TYPES)[number];
 
@@ -35,6 +35,9 @@ export interface DPOTrainerOptions {
   labelSmoothing?: number;
   /** Treat the reference as uniform (log πref = 0); default false. */
   referenceFree?: boolean;
+  /** γ ≥ 0, SimPO's target reward margin in −log σ(β(ℓ̄_w − ℓ̄_l) − γ) (loss type 'simpo'; TRL CPOConfig.simpo_gamma);
+   *  default 0.5. */
+  simpoGamma?: number;
   /** Peak learning rate; default 1e-6 (TRL's DPO default). */
   learningRate?: number;
   /** Pairs per micro-batch; default 8. */
@@ -105,6 +108,7 @@ export const DPO_DEFAULTS = {
   lossWeights: [] as number[],
   labelSmoothing: 0,
   referenceFree: false,
+  simpoGamma: 0.5,
   learningRate: 1e-6,
   perDeviceTrainBatchSize: 8,
   gradientAccumulationSteps: 1,
@@ -159,6 +163,7 @@ export function resolveDPOOptions(input: DPOTrainerOptions): ResolvedDPOOptions 
   r.lossWeights.forEach((w: unknown, i: number) => checkNumber(w, `lossWeights[${i}]`));
   checkNumber(r.labelSmoothing, 'labelSmoothing', { min: 0, max: 0.5 });
   checkBool(r.referenceFree, 'referenceFree');
+  checkNumber(r.simpoGamma, 'simpoGamma', { min: 0 });
   checkNumber(r.learningRate, 'learningRate', { min: 0 });
   checkInt(r.perDeviceTrainBatchSize, 'perDeviceTrainBatchSize', 1, 1 << 20);
   checkInt(r.gradientAccumulationSteps, 'gradientAccumulationSteps', 1, 1 << 20);

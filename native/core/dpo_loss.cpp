@@ -1,5 +1,7 @@
 // Notation: Δw = log πθ(y_w|x) − log πref(y_w|x), Δl likewise, h = Δw − Δl, n_w/n_l = token counts (clamped >= 1),
 // σ = sigmoid, ε = label_smoothing. Every term is a per-pair loss ℓ(p) averaged over the P pairs.
+// Reference-free terms (orpo, simpo, cpo) use the policy log-probs only: log π(y_w), log π(y_l), and their length
+// averages ℓ̄_w = log π(y_w)/n_w, ℓ̄_l = log π(y_l)/n_l (TRL's ORPO and SimPO use length-averaged log-probs).
 #include "dpo_loss.h"
 
 #include <cmath>
@@ -18,7 +20,8 @@ const TypeInfo kTypes[] = {
     {"sigmoid", true},       {"robust", true},    {"hinge", true},         {"ipo", true},
     {"exo_pair", true},      {"nca_pair", true},  {"bco_pair", false},     {"sppo_hard", true},
     {"apo_zero", true},      {"apo_down", true},  {"discopop", true},      {"aot", false},
-    {"aot_unpaired", false}, {"sigmoid_norm", true}, {"sft", false},
+    {"aot_unpaired", false}, {"sigmoid_norm", true}, {"sft", false},    {"orpo", true},
+    {"simpo", true},         {"cpo", true},
 };
 
 std::string accepted_list() {
@@ -53,7 +56,21 @@ void check_pairs(const char* field, const at::Tensor& t, int64_t P, bool floatin
   }
 }
 
-bool needs_counts(const std::string& type) { return type == "ipo" || type == "sigmoid_norm" || type == "sft"; }
+bool needs_counts(const std::string& type) {
+  return type == "ipo" || type == "sigmoid_norm" || type == "sft" || type == "orpo" || type == "simpo";
+}
+
+// log(p / (1 − p)) for p = exp(x), x = a length-averaged log-prob (<= 0): x − log(1 − exp(x)), with log(1 − exp(x))
+// as log1p(−exp(x)) for x < −ln 2 and log(−expm1(x)) otherwise (each accurate on its side; each branch gets an input
+// clamped into its own side so neither produces inf/nan gradients through at::where). x is capped at −1e-12 (p at
+// most 1 − 1e-12): a sequence whose probability rounded to 1 would otherwise give an infinite log odds.
+at::Tensor log_odds(const at::Tensor& x_in) {
+  const double ln2 = std::log(2.0);
+  auto x = x_in.clamp_max(-1e-12);                                          // (P)
+  auto lo = at::log1p(-at::exp(x.clamp_max(-ln2)));                        // (P) valid where x < −ln 2
+  auto hi = at::log(-at::expm1(x.clamp_min(-ln2)));                        // (P) valid where x >= −ln 2
+  return x - at::where(x < -ln2, lo, hi);
+}
 
 }  // namespace
 
@@ -78,6 +95,8 @@ void check_dpo_config(const DPOLossConfig& cfg) {
               "dpo_loss: expected label_smoothing in [0, 0.5) but received ", cfg.label_smoothing);
   TORCH_CHECK(std::isfinite(cfg.discopop_tau) && cfg.discopop_tau > 0,
               "dpo_loss: expected discopop_tau > 0 but received ", cfg.discopop_tau);
+  TORCH_CHECK(std::isfinite(cfg.simpo_gamma) && cfg.simpo_gamma >= 0,
+              "dpo_loss: expected simpo_gamma >= 0 but received ", cfg.simpo_gamma);
   TORCH_CHECK(!cfg.terms.empty(), "dpo_loss: expected at least one loss term but received none");
   for (size_t k = 0; k < cfg.terms.size(); ++k) {
     const auto& t = cfg.terms[k];
@@ -195,6 +214,16 @@ DPOLossOutput dpo_loss(const DPOLossInputs& in, const DPOLossConfig& cfg) {
       // −Σ_p log πθ(y_w) / max(1, Σ_p n_w): NLL per chosen token over the batch, same value for every pair
       auto total = in.chosen_counts.to(opts).sum().clamp_min(1.0);
       l = (-pc.sum() / total).expand({P});
+    } else if (t == "orpo") {
+      // ORPO's odds-ratio term with λ = β (TRL ORPOConfig.beta): −β log σ(log odds(ℓ̄_w) − log odds(ℓ̄_l)),
+      // log odds(ℓ̄) = ℓ̄ − log(1 − exp(ℓ̄)). ORPO's NLL part is the separate `sft` term.
+      l = -beta * at::log_sigmoid(log_odds(pc / nw) - log_odds(pr / nl));
+    } else if (t == "simpo") {
+      // SimPO: z = β(ℓ̄_w − ℓ̄_l) − γ; −(1−ε) log σ(z) − ε log σ(−z)   (TRL CPOTrainer loss_type "simpo")
+      l = smoothed_logistic(beta * (pc / nw - pr / nl) - cfg.simpo_gamma, eps);
+    } else if (t == "cpo") {
+      // CPO (reference-free sigmoid): z = β(log π(y_w) − log π(y_l)); −(1−ε) log σ(z) − ε log σ(−z)
+      l = smoothed_logistic(beta * (pc - pr), eps);
     } else {
       TORCH_CHECK(false, "Expected one of ", accepted_list(), " for loss type but received \"", t, "\"");
     }
@@ -203,8 +232,22 @@ DPOLossOutput dpo_loss(const DPOLossInputs& in, const DPOLossConfig& cfg) {
     loss = loss + term.weight * mean;
   }
   out.loss = loss;
-  out.chosen_rewards = (beta * dw).detach();
-  out.rejected_rewards = (beta * dl).detach();
+  std::string lead;  // first non-sft term: decides which reward TRL would report
+  for (const auto& term : cfg.terms)
+    if (term.type != "sft") {
+      lead = term.type;
+      break;
+    }
+  if (lead == "orpo" || lead == "simpo") {  // TRL ORPO/CPO(simpo): β · average log-prob
+    out.chosen_rewards = (beta * pc / nw).detach();
+    out.rejected_rewards = (beta * pr / nl).detach();
+  } else if (lead == "cpo") {  // TRL CPO: β · summed log-prob
+    out.chosen_rewards = (beta * pc).detach();
+    out.rejected_rewards = (beta * pr).detach();
+  } else {
+    out.chosen_rewards = (beta * dw).detach();
+    out.rejected_rewards = (beta * dl).detach();
+  }
   out.reward_accuracies = (out.chosen_rewards > out.rejected_rewards).to(opts);
   out.reward_margins = out.chosen_rewards - out.rejected_rewards;
   out.term_losses = at::stack(term_values);

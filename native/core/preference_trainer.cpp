@@ -88,9 +88,19 @@ void PreferenceTrainer::zero_grad() {
     if (p.grad().defined()) p.mutable_grad().reset();
 }
 
+void PreferenceTrainer::set_data_parallel(std::shared_ptr<DataParallel> dp) {
+  dp_ = std::move(dp);
+  if (dp_) dp_->broadcast_parameters(params_);
+}
+
 StepResult PreferenceTrainer::step(double lr, double max_grad_norm) {
   TORCH_CHECK(std::isfinite(lr) && lr >= 0, "learning rate must be finite and >= 0, got ", lr);
   StepResult r;
+  if (dp_) {
+    std::vector<at::Tensor> grads;
+    for (auto& p : params_) grads.push_back(p.grad());  // undefined on every rank alike (same model and code path)
+    dp_->allreduce_mean(grads);
+  }
   std::vector<at::Tensor> norms;
   for (auto& p : params_)
     if (p.grad().defined()) norms.push_back(p.grad().detach().to(at::kFloat).norm(2));

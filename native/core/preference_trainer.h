@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "causal_lm.h"
+#include "distributed.h"
 #include "dpo_loss.h"
 #include "fused_dpo.h"
 #include "fused_logps.h"
@@ -63,6 +64,11 @@ class PreferenceTrainer {
   StepResult step(double lr, double max_grad_norm);
   void zero_grad();
 
+  // Data-parallel training: copies rank 0's parameters to every rank now; from then on step() replaces the
+  // gradients by their mean over the ranks before the norm, clipping and update (so all ranks stay identical).
+  void set_data_parallel(std::shared_ptr<DataParallel> dp);
+  const std::shared_ptr<DataParallel>& data_parallel() const { return dp_; }
+
   void save_state(const std::string& path) const;  // optimizer moments + step count (torch archive)
   void load_state(const std::string& path);
   int64_t optimizer_steps() const { return steps_; }
@@ -76,6 +82,7 @@ class PreferenceTrainer {
   std::vector<at::Tensor> params_;
   std::unique_ptr<torch::optim::Optimizer> optimizer_;
   int64_t steps_ = 0;
+  std::shared_ptr<DataParallel> dp_;  // null: a single process
   BCORunningMean bco_state_;  // bco_pair's running reward mean, carried across steps and saved with the state
 
   MicroStepResult run(const PreferenceBatch& b, double scale, bool train);

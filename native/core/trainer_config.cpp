@@ -39,6 +39,7 @@ TrainerConfig parse_trainer_config(const nlohmann::json& j) {
   TORCH_CHECK(rf.is_boolean(), "trainer config: Expected a boolean for loss.referenceFree");
   c.loss.reference_free = rf.get<bool>();
   if (loss.contains("discopopTau")) c.loss.discopop_tau = number(loss, "discopopTau", "loss");
+  if (loss.contains("simpoGamma")) c.loss.simpo_gamma = number(loss, "simpoGamma", "loss");
   check_dpo_config(c.loss);
 
   auto& opt = field(j, "optimizer", "config");

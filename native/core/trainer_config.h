@@ -14,7 +14,7 @@ struct TrainerConfig {
   FusedLogpsOptions fused;    // lm-head chunking
 };
 
-// {"loss": {"terms": [{"type", "weight"}], "beta", "labelSmoothing", "referenceFree", "discopopTau"?},
+// {"loss": {"terms": [{"type", "weight"}], "beta", "labelSmoothing", "referenceFree", "discopopTau"?, "simpoGamma"?},
 //  "optimizer": {"type", "weightDecay", "beta1", "beta2", "eps", "momentum"}, "chunkRows"}
 // Every field is required except those marked '?'; errors name the field.
 TrainerConfig parse_trainer_config(const nlohmann::json& j);

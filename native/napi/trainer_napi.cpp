@@ -24,6 +24,8 @@ class NativeTrainer : public Disposable<NativeTrainer, TrainerState> {
                        {InstanceMethod("accumulate", &NativeTrainer::Accumulate), InstanceMethod("evaluate", &NativeTrainer::Evaluate),
                         InstanceMethod("step", &NativeTrainer::Step),
                         InstanceMethod("saveState", &NativeTrainer::SaveState), InstanceMethod("loadState", &NativeTrainer::LoadState),
+                        InstanceMethod("joinDataParallel", &NativeTrainer::JoinDataParallel),
+                        InstanceMethod("allreduceSum", &NativeTrainer::AllreduceSum), InstanceMethod("barrier", &NativeTrainer::Barrier),
                         InstanceMethod("dispose", &NativeTrainer::Dispose),
                         InstanceAccessor("disposed", &NativeTrainer::IsDisposed, nullptr)});
   }
@@ -137,6 +139,64 @@ class NativeTrainer : public Disposable<NativeTrainer, TrainerState> {
         },
         [](Napi::Env e, bool&) -> Napi::Value { return e.Undefined(); });
   }
+  // joinDataParallel(rank, worldSize, localRank, masterAddr, masterPort, timeoutMs) -> Promise<void>: rendezvous
+  // (off the JS thread) and copy of rank 0's parameters; later steps all-reduce gradients.
+  Napi::Value JoinDataParallel(const Napi::CallbackInfo& info) {
+    expect_count(info, 6, "NativeTrainer.joinDataParallel(rank, worldSize, localRank, masterAddr, masterPort, timeoutMs)");
+    auto env = info.Env();
+    auto s = live(env, "NativeTrainer");
+    DistEnv d;
+    d.rank = arg_int(info, 0, "rank");
+    d.world_size = arg_int(info, 1, "worldSize");
+    d.local_rank = arg_int(info, 2, "localRank");
+    d.master_addr = arg_string(info, 3, "masterAddr");
+    d.master_port = arg_int(info, 4, "masterPort");
+    auto timeout_ms = arg_int(info, 5, "timeoutMs");
+    return run_async<bool>(
+        env, info.This().As<Napi::Object>(),
+        [s, d, timeout_ms]() {
+          std::lock_guard<std::mutex> lock(s->model->mu);
+          TORCH_CHECK(!s->trainer->data_parallel(), "this trainer already joined a data-parallel group");
+          s->trainer->set_data_parallel(std::make_shared<DataParallel>(d, std::chrono::milliseconds(timeout_ms)));
+          return true;
+        },
+        [](Napi::Env e, bool&) -> Napi::Value { return e.Undefined(); });
+  }
+
+  // allreduceSum(values: Float64Array) -> Promise<Float64Array>: element-wise sums over the ranks (the values
+  // themselves without a group).
+  Napi::Value AllreduceSum(const Napi::CallbackInfo& info) {
+    expect_count(info, 1, "NativeTrainer.allreduceSum(values)");
+    auto env = info.Env();
+    auto s = live(env, "NativeTrainer");
+    if (!info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array)
+      throw_type(env, "a Float64Array", "values", info[0]);
+    auto a = info[0].As<Napi::Float64Array>();
+    std::vector<double> v(a.Data(), a.Data() + a.ElementLength());
+    return run_async<at::Tensor>(
+        env, info.This().As<Napi::Object>(),
+        [s, v]() {
+          auto dp = s->trainer->data_parallel();
+          auto r = dp ? dp->allreduce_sum_double(v) : v;
+          return at::tensor(r, at::kDouble);
+        },
+        [](Napi::Env e, at::Tensor& t) -> Napi::Value { return to_float64_array(e, t); });
+  }
+
+  // barrier() -> Promise<void>: waits for every rank (immediately resolved without a group).
+  Napi::Value Barrier(const Napi::CallbackInfo& info) {
+    expect_count(info, 0, "NativeTrainer.barrier()");
+    auto env = info.Env();
+    auto s = live(env, "NativeTrainer");
+    return run_async<bool>(
+        env, info.This().As<Napi::Object>(),
+        [s]() {
+          if (auto dp = s->trainer->data_parallel()) dp->barrier();
+          return true;
+        },
+        [](Napi::Env e, bool&) -> Napi::Value { return e.Undefined(); });
+  }
+
   Napi::Value SaveState(const Napi::CallbackInfo& info) { return StateIO(info, true); }
   Napi::Value LoadState(const Napi::CallbackInfo& info) { return StateIO(info, false); }
   Napi::Value Dispose(const Napi::CallbackInfo& info) { return DisposeImpl(info); }

@@ -21,8 +21,16 @@ struct Data {
 double logsig(double x) { return x >= 0 ? -std::log1p(std::exp(-x)) : x - std::log1p(std::exp(x)); }
 double sig(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 
-// Reference loss (mean over pairs) of one type, computed pair by pair in double. bco_delta: the running mean to use.
-double reference_loss(const std::string& type, const Data& d, double beta, double eps, double tau, double bco_delta) {
+// log(p / (1 − p)) of p = exp(x), written plainly (the implementation uses log1p/expm1 branches instead).
+double odds(double x) {
+  const double p = std::exp(x);
+  return std::log(p / (1.0 - p));
+}
+
+// Reference loss (mean over pairs) of one type, computed pair by pair in double. bco_delta: the running mean to use;
+// gamma: SimPO's margin.
+double reference_loss(const std::string& type, const Data& d, double beta, double eps, double tau, double bco_delta,
+                      double gamma = 0.5) {
   const size_t P = d.pc.size();
   Vec sorted_a, sorted_b;
   if (type == "aot" || type == "aot_unpaired") {
@@ -68,7 +76,14 @@ double reference_loss(const std::string& type, const Data& d, double beta, doubl
       l = -(1 - eps) * logsig(y) - eps * logsig(-y);
     } else if (type == "sigmoid_norm") l = -logsig(beta * (a / nw - b / nl));
     else if (type == "sft") l = sft_num / std::max(sft_den, 1.0);
-    else throw std::runtime_error("no reference for " + type);
+    else if (type == "orpo") l = -beta * logsig(odds(d.pc[i] / nw) - odds(d.pr[i] / nl));
+    else if (type == "simpo") {
+      const double y = beta * (d.pc[i] / nw - d.pr[i] / nl) - gamma;
+      l = -(1 - eps) * logsig(y) - eps * logsig(-y);
+    } else if (type == "cpo") {
+      const double y = beta * (d.pc[i] - d.pr[i]);
+      l = -(1 - eps) * logsig(y) - eps * logsig(-y);
+    } else throw std::runtime_error("no reference for " + type);
     total += l;
   }
   return total / P;
@@ -125,7 +140,7 @@ void expect_error(const std::function<void()>& fn, const std::string& part) {
 
 TEST(DPOLoss, EveryTypeMatchesFloat64Formulas) {
   const Data d = make_pairs(7, 11);
-  ASSERT_EQ(tdpo::dpo_loss_types().size(), 15u);
+  ASSERT_EQ(tdpo::dpo_loss_types().size(), 18u);
   for (const auto& type : tdpo::dpo_loss_types()) {
     for (double beta : {0.1, 0.7}) {
       for (double eps : {0.0, 0.2}) {
@@ -285,7 +300,7 @@ TEST(DPOLoss, WeightedCombinationAndMetrics) {
 
 TEST(DPOLoss, PairSeparability) {
   for (const std::string t : {"sigmoid", "robust", "hinge", "ipo", "exo_pair", "nca_pair", "sppo_hard", "apo_zero",
-                              "apo_down", "discopop", "sigmoid_norm"})
+                              "apo_down", "discopop", "sigmoid_norm", "orpo", "simpo", "cpo"})
     EXPECT_TRUE(tdpo::is_pair_separable(t)) << t;
   for (const std::string t : {"bco_pair", "aot", "aot_unpaired", "sft"}) EXPECT_FALSE(tdpo::is_pair_separable(t)) << t;
   expect_error([] { tdpo::is_pair_separable("kto"); }, "Expected one of sigmoid, robust, hinge");
@@ -307,7 +322,8 @@ TEST(DPOLoss, RejectsBadInput) {
   const Data d = make_pairs(3, 18);
   expect_error([&] { tdpo::dpo_loss(inputs(d), config("kto", 0.1, 0)); },
                "Expected one of sigmoid, robust, hinge, ipo, exo_pair, nca_pair, bco_pair, sppo_hard, apo_zero, "
-               "apo_down, discopop, aot, aot_unpaired, sigmoid_norm, sft for terms[0].type but received \"kto\"");
+               "apo_down, discopop, aot, aot_unpaired, sigmoid_norm, sft, orpo, simpo, cpo for terms[0].type but received "
+               "\"kto\"");
   expect_error([&] { tdpo::dpo_loss(inputs(d), config("sigmoid", 0.0, 0)); }, "expected beta > 0 but received 0");
   expect_error([&] { tdpo::dpo_loss(inputs(d), config("sigmoid", -1, 0)); }, "expected beta > 0 but received -1");
   expect_error([&] { tdpo::dpo_loss(inputs(d), config("robust", 0.1, 0.5)); }, "label_smoothing in [0, 0.5)");
@@ -342,4 +358,106 @@ TEST(DPOLoss, RejectsBadInput) {
   in = inputs(d);
   in.policy_chosen = in.policy_chosen.to(at::kLong);
   expect_error([&] { tdpo::dpo_loss(in, config("sigmoid", 0.1, 0)); }, "floating-point policy_chosen");
+}
+
+// ---- Reference-free preference losses: orpo, simpo, cpo ----
+
+TEST(DPOLoss, ReferenceFreeTypesIgnoreTheReferenceAndMatchFloat64) {
+  const Data d = make_pairs(6, 21);
+  Data other = d;  // a different reference must not change these losses
+  for (auto& v : other.rc) v += 3.5;
+  for (auto& v : other.rr) v -= 1.25;
+  for (const std::string type : {"orpo", "simpo", "cpo"}) {
+    for (double gamma : {0.0, 0.5, 2.0}) {
+      auto cfg = config(type, 0.4, 0.15);
+      cfg.simpo_gamma = gamma;
+      const double want = reference_loss(type, d, 0.4, 0.15, 0.05, 0, gamma);
+      EXPECT_NEAR(tdpo::dpo_loss(inputs(d), cfg).loss.item<double>(), want, 1e-12 * std::max(1.0, std::abs(want))) << type;
+      EXPECT_NEAR(tdpo::dpo_loss(inputs(other), cfg).loss.item<double>(), want, 1e-12 * std::max(1.0, std::abs(want)))
+          << type;
+      cfg.reference_free = true;
+      auto in = inputs(d);
+      in.ref_chosen = at::Tensor();
+      in.ref_rejected = at::Tensor();
+      EXPECT_NEAR(tdpo::dpo_loss(in, cfg).loss.item<double>(), want, 1e-12 * std::max(1.0, std::abs(want))) << type;
+    }
+  }
+}
+
+TEST(DPOLoss, ReferenceFreeTypesHandDerivedValues) {
+  // orpo: ℓ̄_w = ln(1/2) over 2 tokens (p = 1/2, odds 1, log odds 0); ℓ̄_l = ln(1/4) (odds 1/3, log odds −ln 3).
+  // Ratio term: −β log σ(ln 3) = −β ln(3/4).
+  Data o{{2 * std::log(0.5)}, {3 * std::log(0.25)}, {0}, {0}, {2}, {3}};
+  EXPECT_NEAR(tdpo::dpo_loss(inputs(o), config("orpo", 0.1, 0.0)).loss.item<double>(), -0.1 * std::log(0.75), 1e-14);
+  // orpo + sft (ORPO's full loss): NLL per chosen token = −2 ln(1/2) / 2 = ln 2.
+  auto cfg = config("orpo", 0.25, 0.0);
+  cfg.terms.push_back({"sft", 1.0});
+  EXPECT_NEAR(tdpo::dpo_loss(inputs(o), cfg).loss.item<double>(), -0.25 * std::log(0.75) + std::log(2.0), 1e-14);
+  // simpo: ℓ̄_w − ℓ̄_l = −4/2 − (−9/3) = 1; β = 2, γ = 2 -> z = 0 -> ln 2 for every ε.
+  Data s{{-4}, {-9}, {0}, {0}, {2}, {3}};
+  auto sc = config("simpo", 2.0, 0.2);
+  sc.simpo_gamma = 2.0;
+  EXPECT_NEAR(tdpo::dpo_loss(inputs(s), sc).loss.item<double>(), std::log(2.0), 1e-15);
+  // γ = 2 − ln 3 -> z = ln 3, σ(z) = 3/4; ε = 0.2: −0.8 ln(3/4) − 0.2 ln(1/4).
+  sc.simpo_gamma = 2.0 - std::log(3.0);
+  EXPECT_NEAR(tdpo::dpo_loss(inputs(s), sc).loss.item<double>(), -0.8 * std::log(0.75) - 0.2 * std::log(0.25), 1e-14);
+  // cpo: log π_w − log π_l = −4 + 9 = 5; β = ln 3 / 5 -> z = ln 3 -> −ln(3/4) with ε = 0.
+  EXPECT_NEAR(tdpo::dpo_loss(inputs(s), config("cpo", std::log(3.0) / 5, 0.0)).loss.item<double>(), -std::log(0.75),
+              1e-14);
+}
+
+TEST(DPOLoss, OrpoLogOddsIsStableNearProbabilityOne) {
+  // ℓ̄ close to 0 (p ≈ 1): log odds ≈ −log(−ℓ̄) is large but finite; a plain log(1 − exp(ℓ̄)) loses all digits.
+  for (double x : {-1e-3, -1e-8, -1e-11}) {
+    Data d{{x}, {-2.0}, {0}, {0}, {1}, {1}};
+    const double lo_w = x - std::log(-std::expm1(x)), lo_l = -2.0 - std::log1p(-std::exp(-2.0));
+    auto in = inputs(d, true);
+    auto out = tdpo::dpo_loss(in, config("orpo", 1.0, 0.0));
+    EXPECT_NEAR(out.loss.item<double>(), -logsig(lo_w - lo_l), 1e-12) << x;
+    out.loss.backward();
+    // d/dx of −log σ(lo_w − lo_l) = −σ(−(lo_w − lo_l)) · dlo_w/dx, dlo_w/dx = 1/(1 − e^x).
+    const double g = -sig(-(lo_w - lo_l)) / (-std::expm1(x));
+    EXPECT_NEAR(in.policy_chosen.grad()[0].item<double>(), g, 1e-9 * std::abs(g)) << x;
+  }
+  // Probability exactly 1 (an empty completion: log-prob 0): finite loss and gradient (ℓ̄ capped at −1e-12).
+  Data z{{0.0}, {-2.0}, {0}, {0}, {0}, {1}};
+  auto in = inputs(z, true);
+  auto out = tdpo::dpo_loss(in, config("orpo", 1.0, 0.0));
+  out.loss.backward();
+  EXPECT_TRUE(std::isfinite(out.loss.item<double>()));
+  EXPECT_TRUE(at::isfinite(in.policy_chosen.grad()).all().item<bool>());
+  // float32 inputs work and agree with float64.
+  const Data d = make_pairs(5, 22);
+  auto in32 = inputs(d);
+  in32.policy_chosen = in32.policy_chosen.to(at::kFloat);
+  in32.policy_rejected = in32.policy_rejected.to(at::kFloat);
+  EXPECT_NEAR(tdpo::dpo_loss(in32, config("orpo", 0.1, 0)).loss.item<double>(), reference_loss("orpo", d, 0.1, 0, 0.05, 0),
+              1e-5);
+}
+
+TEST(DPOLoss, ReferenceFreeTypesRewardsFollowTrl) {
+  const Data d = make_pairs(4, 23);
+  for (const std::string type : {"orpo", "simpo", "cpo"}) {
+    tdpo::DPOLossConfig cfg;
+    cfg.terms = {{"sft", 1.0}, {type, 1.0}};  // the first non-sft term decides
+    cfg.beta = 0.2;
+    auto out = tdpo::dpo_loss(inputs(d), cfg);
+    for (size_t i = 0; i < d.pc.size(); ++i) {
+      const double nw = type == "cpo" ? 1.0 : std::max(d.nw[i], 1.0), nl = type == "cpo" ? 1.0 : std::max(d.nl[i], 1.0);
+      EXPECT_NEAR(out.chosen_rewards[i].item<double>(), 0.2 * d.pc[i] / nw, 1e-13) << type;
+      EXPECT_NEAR(out.rejected_rewards[i].item<double>(), 0.2 * d.pr[i] / nl, 1e-13) << type;
+    }
+  }
+}
+
+TEST(DPOLoss, SimpoGammaIsValidated) {
+  const Data d = make_pairs(2, 24);
+  auto cfg = config("simpo", 0.1, 0);
+  cfg.simpo_gamma = -0.5;
+  expect_error([&] { tdpo::dpo_loss(inputs(d), cfg); }, "expected simpo_gamma >= 0 but received -0.5");
+  cfg.simpo_gamma = NAN;
+  expect_error([&] { tdpo::dpo_loss(inputs(d), cfg); }, "expected simpo_gamma >= 0 but received nan");
+  auto in = inputs(d);
+  in.rejected_counts = at::Tensor();
+  expect_error([&] { tdpo::dpo_loss(in, config("orpo", 0.1, 0)); }, "rejected_counts of shape (2) but it is undefined");
 }

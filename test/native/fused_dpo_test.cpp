@@ -114,7 +114,8 @@ TEST(FusedDPO, SeparableLossesMatchNaivePathAcrossChunkSizes) {
       cfg_of({{"sigmoid", 1.0}}), cfg_of({{"sigmoid", 1.0}}, 0.1, 0.1), cfg_of({{"ipo", 1.0}}, 0.5),
       cfg_of({{"robust", 1.0}}, 0.2, 0.2), cfg_of({{"sigmoid", 1.0}, {"sft", 0.2}}), cfg_of({{"sft", 1.0}}),
       cfg_of({{"discopop", 1.0}}), cfg_of({{"nca_pair", 0.5}, {"hinge", 2.0}, {"sigmoid_norm", 1.0}}),
-      cfg_of({{"exo_pair", 1.0}, {"apo_zero", 1.0}, {"apo_down", 1.0}, {"sppo_hard", 0.01}})};
+      cfg_of({{"exo_pair", 1.0}, {"apo_zero", 1.0}, {"apo_down", 1.0}, {"sppo_hard", 0.01}}),
+      cfg_of({{"orpo", 0.5}, {"simpo", 1.0}, {"cpo", 1.0}, {"sft", 0.3}}, 0.3, 0.1)};
   for (size_t i = 0; i < cfgs.size(); ++i)
     for (int64_t chunk : {1, 9, 23, 4096})  // 1: one pair per chunk; 4096: all pairs in one chunk
       for (bool pre : {true, false})

@@ -1,0 +1,216 @@
+#include "distributed.h"
+
+#include <c10/core/GradMode.h>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#if __has_include(<gloo/config.h>)
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#define TDPO_HAVE_GLOO 1
+#else
+#define TDPO_HAVE_GLOO 0
+#endif
+
+#include <cerrno>
+#include <cstdlib>
+#include <limits>
+#include <sstream>
+
+namespace tdpo {
+
+namespace {
+
+int64_t env_int(const std::map<std::string, std::string>& env, const std::string& name, int64_t fallback, int64_t lo,
+                int64_t hi, bool required) {
+  auto it = env.find(name);
+  if (it == env.end() || it->second.empty()) {
+    TORCH_CHECK(!required, "Expected an integer in [", lo, ", ", hi, "] for environment variable ", name,
+                " but it is not set");
+    return fallback;
+  }
+  const std::string& v = it->second;
+  char* end = nullptr;
+  errno = 0;
+  long long x = std::strtoll(v.c_str(), &end, 10);
+  TORCH_CHECK(errno == 0 && end && *end == '\0' && x >= lo && x <= hi, "Expected an integer in [", lo, ", ", hi,
+              "] for environment variable ", name, " but received '", v, "'");
+  return x;
+}
+
+// c10 errors carry a multi-line backtrace; the first line is the message.
+std::string message_of(const std::exception& e) {
+  if (auto c = dynamic_cast<const c10::Error*>(&e)) return c->what_without_backtrace();
+  return e.what();
+}
+
+}  // namespace
+
+DistEnv parse_dist_env(const std::map<std::string, std::string>& env) {
+  DistEnv d;
+  d.world_size = env_int(env, "WORLD_SIZE", 1, 1, 1 << 20, false);
+  if (d.world_size == 1) return d;
+  d.rank = env_int(env, "RANK", 0, 0, d.world_size - 1, true);
+  d.local_rank = env_int(env, "LOCAL_RANK", 0, 0, d.world_size - 1, false);
+  auto a = env.find("MASTER_ADDR");
+  TORCH_CHECK(a != env.end() && !a->second.empty(),
+              "Expected a host name or address for environment variable MASTER_ADDR but it is not set (WORLD_SIZE is ",
+              d.world_size, ")");
+  d.master_addr = a->second;
+  d.master_port = env_int(env, "MASTER_PORT", 0, 1, 65535, true);
+  return d;
+}
+
+DistEnv dist_env_from_process() {
+  std::map<std::string, std::string> m;
+  for (const char* k : {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"})
+    if (const char* v = std::getenv(k)) m[k] = v;
+  return parse_dist_env(m);
+}
+
+struct DataParallel::Impl {
+  c10::intrusive_ptr<c10d::Store> store;
+#if TDPO_HAVE_GLOO
+  c10::intrusive_ptr<c10d::ProcessGroupGloo> pg;
+#endif
+};
+
+DataParallel::DataParallel(const DistEnv& env, std::chrono::milliseconds timeout)
+    : env_(env), timeout_(timeout), impl_(std::make_unique<Impl>()) {
+  TORCH_CHECK(env_.world_size >= 1 && env_.rank >= 0 && env_.rank < env_.world_size, "Expected 0 <= rank < world_size but received rank ",
+              env_.rank, " and world_size ", env_.world_size);
+  TORCH_CHECK(env_.master_port >= 1 && env_.master_port <= 65535, "Expected a port in [1, 65535] for MASTER_PORT but received ",
+              env_.master_port);
+  TORCH_CHECK(timeout.count() > 0, "Expected a positive distributed timeout but received ", timeout.count(), " ms");
+#if !TDPO_HAVE_GLOO
+  TORCH_CHECK(false, "this libtorch build has no gloo headers: data-parallel training is unavailable here");
+#else
+  const std::string where = env_.master_addr + ":" + std::to_string(env_.master_port);
+  std::ostringstream who;
+  who << "rank " << env_.rank << " of world size " << env_.world_size << " (master " << where << ", timeout "
+      << timeout.count() << " ms)";
+  try {
+    c10d::TCPStoreOptions o;
+    o.port = static_cast<std::uint16_t>(env_.master_port);
+    o.isServer = env_.rank == 0;
+    o.numWorkers = static_cast<std::size_t>(env_.world_size);
+    o.waitWorkers = true;
+    o.timeout = timeout;
+    auto tcp = c10::make_intrusive<c10d::TCPStore>(env_.master_addr, o);
+    impl_->store = c10::make_intrusive<c10d::PrefixStore>("torch_dpo", tcp);
+  } catch (const std::exception& e) {
+    TORCH_CHECK(false, "distributed rendezvous failed for ", who.str(),
+                ": the TCPStore did not gather all ranks (is MASTER_ADDR/MASTER_PORT reachable, and do all ranks agree on "
+                "WORLD_SIZE?): ",
+                message_of(e));
+  }
+  try {
+    auto opts = c10d::ProcessGroupGloo::Options::create(timeout);
+    // Loopback masters stay on loopback; otherwise the interface gloo picks for this host name.
+    const bool loop = env_.master_addr == "127.0.0.1" || env_.master_addr == "localhost";
+    opts->devices.push_back(loop ? c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1")
+                                 : c10d::ProcessGroupGloo::createDefaultDevice());
+    impl_->pg = c10::make_intrusive<c10d::ProcessGroupGloo>(impl_->store, static_cast<int>(env_.rank),
+                                                            static_cast<int>(env_.world_size), opts);
+  } catch (const std::exception& e) {
+    TORCH_CHECK(false, "creating the gloo process group failed for ", who.str(),
+                " (did all WORLD_SIZE ranks start, with the same MASTER_ADDR/MASTER_PORT?): ", message_of(e));
+  }
+#endif
+}
+
+DataParallel::~DataParallel() = default;
+
+void DataParallel::allreduce_sum_inplace(at::Tensor& flat) {
+#if TDPO_HAVE_GLOO
+  TORCH_CHECK(flat.is_contiguous(), "allreduce needs a contiguous tensor");
+  // gloo here works on host memory: a device tensor is staged through the CPU.
+  at::Tensor host = flat.is_cpu() ? flat : flat.cpu();
+  std::vector<at::Tensor> v{host};
+  c10d::AllreduceOptions ao;
+  ao.reduceOp = c10d::ReduceOp::SUM;
+  try {
+    impl_->pg->allreduce(v, ao)->wait(timeout_);
+  } catch (const std::exception& e) {
+    TORCH_CHECK(false, "all-reduce of ", flat.numel(), " ", flat.scalar_type(), " values failed on rank ", env_.rank,
+                " of ", env_.world_size, ": ", message_of(e));
+  }
+  if (!flat.is_cpu()) flat.copy_(host);
+#endif
+}
+
+void DataParallel::broadcast_parameters(std::vector<at::Tensor>& tensors) {
+  if (env_.world_size == 1) return;
+#if TDPO_HAVE_GLOO
+  c10::NoGradGuard ng;
+  for (auto& t : tensors) {
+    TORCH_CHECK(t.defined(), "broadcast_parameters got an undefined tensor");
+    at::Tensor host = t.detach().is_cpu() && t.is_contiguous() ? t.detach() : t.detach().contiguous().cpu();
+    std::vector<at::Tensor> v{host};
+    c10d::BroadcastOptions bo;
+    bo.rootRank = 0;
+    try {
+      impl_->pg->broadcast(v, bo)->wait(timeout_);
+    } catch (const std::exception& e) {
+      TORCH_CHECK(false, "broadcast of a ", t.sizes(), " tensor from rank 0 failed on rank ", env_.rank, " of ",
+                  env_.world_size, ": ", message_of(e));
+    }
+    if (!host.is_same(t.detach())) t.detach().copy_(host);
+  }
+#endif
+}
+
+void DataParallel::allreduce_mean(std::vector<at::Tensor> tensors, int64_t bucket_bytes) {
+  if (env_.world_size == 1) return;
+  TORCH_CHECK(bucket_bytes > 0, "Expected a positive bucket size but received ", bucket_bytes);
+  c10::NoGradGuard ng;
+  const double inv = 1.0 / static_cast<double>(env_.world_size);
+  size_t i = 0;
+  while (i < tensors.size()) {
+    if (!tensors[i].defined()) {
+      ++i;
+      continue;
+    }
+    // A bucket: consecutive defined tensors of one dtype and device, up to bucket_bytes (at least one tensor).
+    const auto dtype = tensors[i].scalar_type();
+    const auto dev = tensors[i].device();
+    std::vector<at::Tensor> bucket;
+    int64_t bytes = 0;
+    while (i < tensors.size()) {
+      auto& t = tensors[i];
+      if (!t.defined()) {
+        ++i;
+        continue;
+      }
+      const int64_t b = t.numel() * static_cast<int64_t>(t.element_size());
+      if (t.scalar_type() != dtype || t.device() != dev || (!bucket.empty() && bytes + b > bucket_bytes)) break;
+      bucket.push_back(t);
+      bytes += b;
+      ++i;
+    }
+    std::vector<at::Tensor> flats;
+    for (auto& t : bucket) flats.push_back(t.detach().reshape({-1}));
+    at::Tensor flat = at::cat(flats);  // (sum of numel) contiguous copy
+    allreduce_sum_inplace(flat);
+    flat.mul_(inv);
+    int64_t off = 0;
+    for (auto& t : bucket) {
+      t.detach().copy_(flat.narrow(0, off, t.numel()).view(t.sizes()));
+      off += t.numel();
+    }
+  }
+}
+
+std::vector<double> DataParallel::allreduce_sum_double(const std::vector<double>& values) {
+  if (env_.world_size == 1 || values.empty()) return values;
+  at::Tensor t = at::tensor(values, at::kDouble);  // (N)
+  allreduce_sum_inplace(t);
+  return std::vector<double>(t.data_ptr<double>(), t.data_ptr<double>() + t.numel());
+}
+
+void DataParallel::barrier() {
+  if (env_.world_size == 1) return;
+  // A one-element all-reduce: gloo's barrier op has no timeout argument on every version.
+  at::Tensor t = at::zeros({1}, at::kDouble);
+  allreduce_sum_inplace(t);
+}
+
+}  // namespace tdpo

@@ -1,0 +1,176 @@
+// Data-parallel training over c10d/gloo on loopback: `torch-dpo launch --nproc 2` against a single process with the
+// global batch, a failing rank, and rendezvous errors (unreachable master, wrong world size, bad environment).
+import test from 'ava';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as path from 'node:path';
+import { spawn, spawnSync } from 'node:child_process';
+import { CLI, compareWeights, latest, makeModelDir, pairRecords, readWeights, ROOT, runCli, tmpDir, writeJsonl } from './helpers/fixtures';
+import { readDistEnv } from '../../lib/trainer/distributed';
+
+const work = tmpDir('distributed');
+let policyDir = '';
+let refDir = '';
+let data = '';
+
+test.before(async () => {
+  policyDir = await makeModelDir(path.join(work, 'policy'), 3);
+  refDir = await makeModelDir(path.join(work, 'ref'), 4);
+  data = writeJsonl(path.join(work, 'pairs.jsonl'), pairRecords(9, 21)); // 9: the odd last example is dropped by 2 ranks
+});
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.on('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as net.AddressInfo).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+function run(args: string[], env: Record<string, string> = {}, timeout = 240000) {
+  const t0 = Date.now();
+  const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', cwd: ROOT, timeout, env: { ...process.env, ...env } });
+  return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr, seconds: (Date.now() - t0) / 1000 };
+}
+
+const common = (out: string, steps = 2) => ['--policy', policyDir, '--reference', refDir, '--data', data, '--optimizer', 'sgd', '--learning-rate', '0.5',
+  '--no-shuffle', '--max-steps', String(steps), '--dtype', 'float32', '--device', 'cpu', '--logging-steps', '1', '--output', out, '--no-progress', '--no-report'];
+
+const readMetrics = (out: string) => fs.readFileSync(path.join(out, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+
+test.serial('launch --nproc 2 with batch 2 ends with the weights and metrics of one process with batch 4', async (t) => {
+  const single = path.join(work, 'single');
+  const r1 = run(['train', ...common(single), '--batch-size', '4']);
+  t.is(r1.code, 0, r1.stderr);
+  const dp = path.join(work, 'dp');
+  const port = await freePort();
+  const r2 = run(['launch', '--nproc', '2', '--master-port', String(port), '--', 'train', ...common(dp), '--batch-size', '2'], { TORCH_DPO_DIST_TIMEOUT_MS: '60000' });
+  t.is(r2.code, 0, r2.stderr + r2.stdout);
+  t.regex(r2.stdout, /\[rank 0\] /);
+  t.regex(r2.stdout, /\[rank 1\] /);
+  const a = readWeights(latest(dp));
+  const b = readWeights(latest(single));
+  const init = readWeights(policyDir);
+  const moved = compareWeights(b, init);
+  t.true(moved.maxRel > 1e-3, `training must change the weights (max rel change ${moved.maxRel})`);
+  const cmp = compareWeights(a, b);
+  t.log(`2 ranks × batch 2 vs 1 process × batch 4: max relative weight difference ${cmp.maxRel.toExponential(2)}; weights moved by ${moved.maxRel.toExponential(2)}`);
+  t.true(cmp.maxRel <= 1e-6, `weights differ by ${cmp.maxRel}`);
+  // rank 0 alone wrote metrics: one line per step, over the global batch (4 pairs)
+  const md = readMetrics(dp), ms = readMetrics(single);
+  t.is(md.length, 2);
+  t.is(ms.length, 2);
+  for (let i = 0; i < 2; i++) {
+    for (const k of ['loss', 'rewards/chosen', 'rewards/rejected', 'rewards/accuracies', 'logps/chosen', 'grad_norm']) {
+      t.true(Math.abs(md[i][k] - ms[i][k]) <= 1e-5 * Math.max(1, Math.abs(ms[i][k])), `step ${i + 1} ${k}: ${md[i][k]} vs ${ms[i][k]}`);
+    }
+  }
+  const state = JSON.parse(fs.readFileSync(path.join(latest(dp), 'trainer_state.json'), 'utf8'));
+  t.is(state.examplesInEpoch, 8, 'examples counted over both ranks');
+  t.deepEqual(fs.readdirSync(dp).filter((d) => d.startsWith('checkpoint-')), ['checkpoint-2']);
+});
+
+test.serial('a rank that dies makes launch stop the others and fail naming it', async (t) => {
+  const out = path.join(work, 'killed');
+  const port = await freePort();
+  const child = spawn(process.execPath, [CLI, 'launch', '--nproc', '2', '--master-port', String(port), '--', 'train', ...common(out, 100000), '--batch-size', '1'], { cwd: ROOT, env: { ...process.env, TORCH_DPO_DIST_TIMEOUT_MS: '60000' } });
+  let stdout = '', stderr = '';
+  child.stdout.on('data', (d) => (stdout += d));
+  child.stderr.on('data', (d) => (stderr += d));
+  const t0 = Date.now();
+  while (!/\[rank 1\] train \d+\//.test(stdout)) {
+    if (Date.now() - t0 > 120000 || child.exitCode !== null) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  t.regex(stdout, /\[rank 1\] train \d+\//, stderr);
+  // find rank 1 among the launcher's children by its environment
+  const kids = spawnSync('ps', ['-o', 'pid=', '--ppid', String(child.pid)], { encoding: 'utf8' }).stdout.trim().split(/\s+/).map(Number);
+  const rank1 = kids.find((pid) => fs.readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0').includes('RANK=1'));
+  t.truthy(rank1, `rank 1 among ${kids}`);
+  process.kill(rank1!, 'SIGKILL');
+  const code = await new Promise<number | null>((resolve) => child.on('exit', (c) => resolve(c)));
+  t.not(code, 0);
+  t.regex(stderr, /rank 1 \(of 2\) was killed by SIGKILL/);
+  for (const pid of kids) t.throws(() => process.kill(pid, 0), undefined, `rank process ${pid} must be gone`);
+  t.log(stderr.trim().split('\n').pop());
+});
+
+test.serial('unreachable master and a wrong world size fail within the timeout, naming master and world size', async (t) => {
+  const port = await freePort();
+  const env = { WORLD_SIZE: '2', RANK: '1', LOCAL_RANK: '1', MASTER_ADDR: '127.0.0.1', MASTER_PORT: String(port), TORCH_DPO_DIST_TIMEOUT_MS: '2000' };
+  const r = run(['train', ...common(path.join(work, 'unreachable')), '--batch-size', '2'], env);
+  t.not(r.code, 0);
+  t.regex(r.stderr, new RegExp(`rank 1 of world size 2 \\(master 127\\.0\\.0\\.1:${port}`));
+  t.true(r.seconds < 60, `took ${r.seconds}s`);
+  // launch believes there are 2 nodes (world size 4) but only this node's 2 ranks come
+  const port2 = await freePort();
+  const l = run(['launch', '--nproc', '2', '--nnodes', '2', '--master-port', String(port2), '--', 'train', ...common(path.join(work, 'wrongws')), '--batch-size', '2'],
+    { TORCH_DPO_DIST_TIMEOUT_MS: '2000' });
+  t.not(l.code, 0);
+  t.regex(l.stderr, /torch-dpo: rank [01] \(of 4\) exited with code 1/);
+  t.regex(l.stderr, /world size 4/);
+  t.true(l.seconds < 90, `took ${l.seconds}s`);
+  t.log(l.stderr.trim().split('\n').pop());
+});
+
+test('the torchrun environment is validated, naming the variable', (t) => {
+  t.is(readDistEnv({}), undefined);
+  t.is(readDistEnv({ WORLD_SIZE: '1' }), undefined);
+  t.deepEqual(readDistEnv({ WORLD_SIZE: '4', RANK: '3', LOCAL_RANK: '1', MASTER_ADDR: 'node0', MASTER_PORT: '29501' }),
+    { rank: 3, worldSize: 4, localRank: 1, masterAddr: 'node0', masterPort: 29501, timeoutMs: 1800000 });
+  t.throws(() => readDistEnv({ WORLD_SIZE: '2', RANK: '2', MASTER_ADDR: 'h', MASTER_PORT: '1' }), { message: 'Expected an integer in [0, 1] for environment variable RANK but received "2"' });
+  t.throws(() => readDistEnv({ WORLD_SIZE: 'x' }), { message: /environment variable WORLD_SIZE but received "x"/ });
+  t.throws(() => readDistEnv({ WORLD_SIZE: '2', RANK: '0', MASTER_PORT: '1' }), { message: /for environment variable MASTER_ADDR/ });
+  t.throws(() => readDistEnv({ WORLD_SIZE: '2', RANK: '0', MASTER_ADDR: 'h', MASTER_PORT: '0' }), { message: /\[1, 65535\] for environment variable MASTER_PORT/ });
+  const r = runCli(['launch', '--nproc', '0', '--', 'train']);
+  t.not(r.code, 0);
+  t.regex(r.stderr, /--nproc/);
+});
+
+test.serial('SIGINT to launch stops every rank at the same step with a checkpoint, exit 0', async (t) => {
+  const out = path.join(work, 'sigint');
+  const port = await freePort();
+  const child = spawn(process.execPath, [CLI, 'launch', '--nproc', '2', '--master-port', String(port), '--', 'train', ...common(out, 100000), '--batch-size', '1'],
+    { cwd: ROOT, env: { ...process.env, TORCH_DPO_DIST_TIMEOUT_MS: '60000' } });
+  let stdout = '', stderr = '';
+  child.stdout.on('data', (d) => (stdout += d));
+  child.stderr.on('data', (d) => (stderr += d));
+  const t0 = Date.now();
+  while (!/\[rank 1\] train [3-9]\d*\//.test(stdout) && Date.now() - t0 < 120000 && child.exitCode === null) await new Promise((r) => setTimeout(r, 100));
+  child.kill('SIGINT');
+  const code = await new Promise<number | null>((resolve) => child.on('exit', (c) => resolve(c)));
+  t.is(code, 0, stderr);
+  const state = JSON.parse(fs.readFileSync(path.join(latest(out), 'trainer_state.json'), 'utf8'));
+  t.true(state.step >= 3, `stopped at step ${state.step}`);
+  for (const r of [0, 1]) t.regex(stdout, new RegExp(`\\[rank ${r}\\] done: ${state.step} steps`), stdout);
+});
+
+test.serial('2 ranks stopped by SIGINT and resumed end with the weights of an uninterrupted 2-rank run', async (t) => {
+  const steps = 40; // 9 examples, 2 ranks, batch 1: 4 steps an epoch, so this crosses epochs
+  const full = path.join(work, 'resume-full');
+  const r = run(['launch', '--nproc', '2', '--master-port', String(await freePort()), '--', 'train', ...common(full, steps), '--batch-size', '1', '--learning-rate', '0.05'],
+    { TORCH_DPO_DIST_TIMEOUT_MS: '60000' });
+  t.is(r.code, 0, r.stderr);
+  const out = path.join(work, 'resume-cut');
+  const child = spawn(process.execPath, [CLI, 'launch', '--nproc', '2', '--master-port', String(await freePort()), '--', 'train', ...common(out, steps), '--batch-size', '1',
+    '--learning-rate', '0.05'], { cwd: ROOT, env: { ...process.env, TORCH_DPO_DIST_TIMEOUT_MS: '60000' } });
+  let stdout = '';
+  child.stdout.on('data', (d) => (stdout += d));
+  const t0 = Date.now();
+  while (!/\[rank 1\] train 5\//.test(stdout) && Date.now() - t0 < 120000 && child.exitCode === null) await new Promise((res) => setTimeout(res, 20));
+  child.kill('SIGINT');
+  t.is(await new Promise<number | null>((res) => child.on('exit', (c) => res(c))), 0);
+  const cut = JSON.parse(fs.readFileSync(path.join(latest(out), 'trainer_state.json'), 'utf8'));
+  t.log(`interrupted at step ${cut.step} (epoch ${cut.epoch}, ${cut.examplesInEpoch} examples into it)`);
+  t.true(cut.step < steps, 'the run must have been interrupted');
+  if (cut.examplesInEpoch === 0) t.log('(interrupted at an epoch boundary this time)');
+  const r2 = run(['launch', '--nproc', '2', '--master-port', String(await freePort()), '--', 'train', ...common(out, steps), '--batch-size', '1', '--learning-rate', '0.05', '--resume'],
+    { TORCH_DPO_DIST_TIMEOUT_MS: '60000' });
+  t.is(r2.code, 0, r2.stderr);
+  const cmp = compareWeights(readWeights(latest(out)), readWeights(latest(full)));
+  t.true(cmp.maxRel <= 1e-6, `resumed vs uninterrupted differ by ${cmp.maxRel}`);
+  t.is(path.basename(latest(out)), `checkpoint-${steps}`);
+});
