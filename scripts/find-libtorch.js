@@ -3,7 +3,7 @@
 //   1. LIBTORCH (a libtorch root: include/, lib/, share/cmake/Torch) or Torch_DIR (the folder holding TorchConfig.cmake)
 //   2. a Python `torch` (python3 on PATH, then /usr/bin/python3): torch.utils.cmake_prefix_path, CUDA build when it has one
 //   3. the system (Debian's libtorch-dev: /usr/lib/<triplet>/cmake/Torch)
-// Usage: node scripts/find-libtorch.js [--json | --cmake-dir | --gyp-includes | --gyp-libs | --gyp-ldflags]
+// Usage: node scripts/find-libtorch.js [--json | --cmake-dir | --gyp-includes | --gyp-defines | --gyp-libs | --gyp-ldflags]
 'use strict';
 const fs = require('node:fs');
 const path = require('node:path');
@@ -71,6 +71,18 @@ function systemCandidates() {
   return out;
 }
 
+// Compile definitions libtorch's CMake targets give their users (e.g. USE_DISTRIBUTED, USE_C10D_GLOO), read from
+// Caffe2Targets.cmake beside Torch's config, so that node-gyp builds see the same headers as CMake builds.
+function interfaceDefines(cmakeDir) {
+  const f = path.join(cmakeDir, '..', 'Caffe2', 'Caffe2Targets.cmake');
+  if (!fs.existsSync(f)) return [];
+  const out = new Set();
+  for (const m of fs.readFileSync(f, 'utf8').matchAll(/INTERFACE_COMPILE_DEFINITIONS "([^"$]*)"/g)) {
+    for (const d of m[1].split(';')) if (/^[A-Za-z_][A-Za-z0-9_]*(=[^;]*)?$/.test(d)) out.add(d);
+  }
+  return [...out];
+}
+
 // nlohmann/json.hpp for node-gyp builds (CMake finds it itself): $NLOHMANN_JSON_INCLUDE or the system's.
 function jsonInclude() {
   for (const d of [process.env.NLOHMANN_JSON_INCLUDE, '/usr/include', '/usr/local/include']) {
@@ -124,6 +136,7 @@ if (require.main === module) {
     if (arg === '--json') console.log(JSON.stringify(c, null, 2));
     else if (arg === '--cmake-dir') console.log(c.cmakeDir);
     else if (arg === '--gyp-includes') console.log([...c.includeDirs, ...jsonInclude()].join(' '));
+    else if (arg === '--gyp-defines') console.log(interfaceDefines(c.cmakeDir).join(' '));
     else if (arg === '--gyp-libs') console.log(c.libs.map((l) => `-l${l}`).join(' '));
     else if (arg === '--gyp-ldflags') console.log(`-L${c.libDir} -Wl,-rpath,${c.libDir} -Wl,--no-as-needed`);
     else throw new Error(`unknown option ${arg}`);
