@@ -6,16 +6,9 @@ import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { Model } from '../../lib/model';
 import { native } from '../../lib/native';
-import { makeModelDir, pairRecords, PYTHON, pythonTorchAvailable, ROOT, runCli, tmpDir, writeJsonl } from './helpers/fixtures';
+import { havePythonTorch, makeModelDir, pairRecords, PYTHON, ROOT, runCli, tmpDir, writeJsonl } from './helpers/fixtures';
 
 const work = tmpDir('model');
-
-function needPython(t: { fail: (m: string) => void; log: (m: string) => void }): boolean {
-  if (pythonTorchAvailable()) return true;
-  if (process.env.CI) t.fail(`${PYTHON} with torch is needed (scripts/setup.sh installs python3-torch)`);
-  else t.log(`SKIPPED: ${PYTHON} has no torch`);
-  return false;
-}
 
 function fixture(name: string, args: string[]): string {
   const dir = path.join(work, name);
@@ -41,7 +34,7 @@ for (const [name, args] of [
   ['gpt2', ['--arch', 'gpt2']],
 ] as const) {
   test.serial(`${name}: token log-probs and greedy generation equal the float64 reference`, async (t) => {
-    if (!needPython(t)) return t.pass();
+    if (!havePythonTorch(t)) return t.pass();
     const dir = fixture(name, [...args]);
     const ref = reference(dir, { sequences: SEQS, generate: { prompts: [SEQS[0].slice(0, 3), SEQS[2].slice(0, 5)], max_new_tokens: 6 } });
     await using m = await Model.load(dir);

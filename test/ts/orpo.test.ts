@@ -3,10 +3,9 @@
 import test from 'ava';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { spawnSync } from 'node:child_process';
 import { DPOTrainer } from '../../lib/trainer/dpo_trainer';
 import { cpoOptions, CPOTrainer, orpoOptions, ORPOTrainer, SFTTrainer } from '../../lib/trainer/preference_trainers';
-import { latest, makeModelDir, pairRecords, PYTHON, pythonTorchAvailable, ROOT, runCli, tmpDir, writeJsonl } from './helpers/fixtures';
+import { checkSgdStepAgainstFloat64, havePythonTorch, latest, makeModelDir, pairRecords, runCli, tmpDir, writeJsonl } from './helpers/fixtures';
 
 const work = tmpDir('orpo');
 let policyDir = '';
@@ -31,29 +30,8 @@ for (const variant of [
   { name: 'sft', cli: ['sft'], py: ['--loss', 'sft'] },
 ]) {
   test.serial(`torch-dpo ${variant.cli[0]} --optimizer sgd --learning-rate 1, one step, reproduces a float64 autograd gradient (${variant.name})`, (t) => {
-    if (!pythonTorchAvailable()) {
-      if (process.env.CI) t.fail(`${PYTHON} with torch is needed (scripts/setup.sh installs python3-torch)`);
-      else t.log(`SKIPPED: ${PYTHON} has no torch (apt-get install python3-torch)`);
-      if (!process.env.CI) return t.pass();
-    }
-    const out = path.join(work, `sgd-${variant.name.replace(/\W+/g, '_')}`);
-    const six = writeJsonl(path.join(work, 'six.jsonl'), pairRecords(6, 11));
-    const r = runCli([...variant.cli, '--policy', policyDir, '--data', six, '--optimizer', 'sgd', '--learning-rate', '1.0', '--batch-size', '6',
-      '--max-steps', '1', '--no-shuffle', '--max-grad-norm', '0', '--logging-steps', '1', '--output', out, '--no-progress', '--no-report']);
-    t.is(r.code, 0, r.stderr);
-    const tok = runCli(['tokenize', '--model', policyDir, '--data', six]);
-    t.is(tok.code, 0, tok.stderr);
-    const tokFile = path.join(out, 'six.tok.jsonl');
-    fs.writeFileSync(tokFile, tok.stdout);
-    const py = spawnSync(PYTHON, [path.join(ROOT, 'test/reference/dpo_grad.py'), '--policy', policyDir, '--pairs', tokFile, '--after', latest(out),
-      '--beta', '0.1', ...variant.py], { encoding: 'utf8' });
-    t.is(py.status, 0, py.stderr);
-    const res = JSON.parse(py.stdout);
-    const logged = JSON.parse(fs.readFileSync(path.join(out, 'metrics.jsonl'), 'utf8').trim().split('\n')[0]);
-    t.log(`float64 loss ${res.loss}, torch-dpo loss ${logged.loss}; gradient rel. error ${res.rel_err.toExponential(2)} (worst tensor ${res.worst} ${res.max_tensor_rel_err.toExponential(2)}), |g| ${res.grad_norm.toFixed(4)}`);
-    t.true(res.grad_norm > 1e-3, 'the gradient must not be trivial');
-    t.true(res.rel_err < 1e-4, `relative gradient error ${res.rel_err}`);
-    t.true(Math.abs(logged.loss - res.loss) <= 1e-5 * Math.max(1, Math.abs(res.loss)), `loss ${logged.loss} vs ${res.loss}`);
+    if (!havePythonTorch(t)) return t.pass();
+    checkSgdStepAgainstFloat64(t, { name: variant.name, work, policyDir, cliArgs: variant.cli, pyArgs: ['--beta', '0.1', ...variant.py] });
   });
 }
 

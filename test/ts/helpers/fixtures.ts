@@ -94,3 +94,40 @@ export const PYTHON = '/usr/bin/python3';
 export function pythonTorchAvailable(): boolean {
   return spawnSync(PYTHON, ['-c', 'import torch'], { encoding: 'utf8' }).status === 0;
 }
+
+/** False (after logging why, or failing under CI where setup installs it) when /usr/bin/python3 has no torch. */
+export function havePythonTorch(t: { fail: (m: string) => void; log: (m: string) => void }): boolean {
+  if (pythonTorchAvailable()) return true;
+  if (process.env.CI) t.fail(`${PYTHON} with torch is needed (scripts/setup.sh installs python3-torch)`);
+  else t.log(`SKIPPED: ${PYTHON} has no torch (apt-get install python3-torch)`);
+  return false;
+}
+
+/**
+ * One SGD step with lr 1 and no clipping through the CLI (`cliArgs` = subcommand and its loss options) over six
+ * pairs, compared with test/reference/dpo_grad.py's float64 autograd gradient (`pyArgs` = its loss options): the
+ * weight change must equal minus the gradient to 1e-4 relative, and the logged loss the float64 loss.
+ */
+export function checkSgdStepAgainstFloat64(
+  t: { is: (a: unknown, b: unknown, m?: string) => void; true: (v: boolean, m?: string) => void; log: (m: string) => void },
+  o: { name: string; work: string; policyDir: string; cliArgs: string[]; pyArgs: string[] },
+): void {
+  const out = path.join(o.work, `sgd-${o.name.replace(/\W+/g, '_')}`);
+  const six = writeJsonl(path.join(o.work, 'six.jsonl'), pairRecords(6, 11));
+  const r = runCli([...o.cliArgs, '--policy', o.policyDir, '--data', six, '--optimizer', 'sgd', '--learning-rate', '1.0', '--batch-size', '6',
+    '--max-steps', '1', '--no-shuffle', '--max-grad-norm', '0', '--logging-steps', '1', '--dtype', 'float32', '--device', 'cpu', '--output', out,
+    '--no-progress', '--no-report']);
+  t.is(r.code, 0, r.stderr);
+  const tok = runCli(['tokenize', '--model', o.policyDir, '--data', six]);
+  t.is(tok.code, 0, tok.stderr);
+  const tokFile = path.join(out, 'six.tok.jsonl');
+  fs.writeFileSync(tokFile, tok.stdout);
+  const py = spawnSync(PYTHON, [path.join(ROOT, 'test/reference/dpo_grad.py'), '--policy', o.policyDir, '--pairs', tokFile, '--after', latest(out), ...o.pyArgs], { encoding: 'utf8' });
+  t.is(py.status, 0, py.stderr);
+  const res = JSON.parse(py.stdout);
+  const logged = JSON.parse(fs.readFileSync(path.join(out, 'metrics.jsonl'), 'utf8').trim().split('\n')[0]);
+  t.log(`float64 loss ${res.loss}, torch-dpo loss ${logged.loss}; gradient rel. error ${res.rel_err.toExponential(2)} (worst tensor ${res.worst} ${res.max_tensor_rel_err.toExponential(2)}), |g| ${res.grad_norm.toFixed(4)}`);
+  t.true(res.grad_norm > 1e-3, 'the gradient must not be trivial');
+  t.true(res.rel_err < 1e-4, `relative gradient error ${res.rel_err}`);
+  t.true(Math.abs(logged.loss - res.loss) <= 1e-5 * Math.max(1, Math.abs(res.loss)), `loss ${logged.loss} vs ${res.loss}`);
+}
