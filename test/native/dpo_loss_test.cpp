@@ -2,6 +2,8 @@
 // hand-derived values, and finite-difference gradients w.r.t. the policy log-probs.
 #include <gtest/gtest.h>
 
+#include "error_expect.h"
+
 #include <algorithm>
 #include <cmath>
 #include <functional>
@@ -125,15 +127,6 @@ tdpo::DPOLossConfig config(const std::string& type, double beta, double eps) {
   cfg.beta = beta;
   cfg.label_smoothing = eps;
   return cfg;
-}
-
-void expect_error(const std::function<void()>& fn, const std::string& part) {
-  try {
-    fn();
-    ADD_FAILURE() << "no error; expected one mentioning " << part;
-  } catch (const c10::Error& e) {
-    EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << e.what();
-  }
 }
 
 }  // namespace

@@ -2,6 +2,8 @@
 // naive path: full (2P, T, V) logits -> log_softmax -> gather -> masked sum -> dpo_loss, ordinary autograd.
 #include <gtest/gtest.h>
 
+#include "error_expect.h"
+
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -95,15 +97,6 @@ void compare_with_naive(const Batch& b, const tdpo::DPOLossConfig& cfg, int64_t 
   EXPECT_LT(rel_err(out.policy_logps, naive_logps(b.hidden, b.weight, b.bias, b.labels)), 1e-5) << what;
   EXPECT_FALSE(out.policy_logps.requires_grad());
   EXPECT_TRUE(at::equal(out.counts, (b.labels != -100).sum(1))) << what;
-}
-
-void expect_error(const std::function<void()>& fn, const std::string& part) {
-  try {
-    fn();
-    ADD_FAILURE() << "no error; expected one mentioning " << part;
-  } catch (const c10::Error& e) {
-    EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << e.what();
-  }
 }
 
 }  // namespace

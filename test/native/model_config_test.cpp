@@ -2,6 +2,8 @@
 // defaults, every error case, writing back, and the fixtures of test/reference/make_fixture.py.
 #include <gtest/gtest.h>
 
+#include "error_expect.h"
+
 #include <unistd.h>
 
 #include <cstdlib>
@@ -19,15 +21,6 @@ using tdpo::parse_model_config;
 namespace {
 
 const char* kSrc = "/models/x/config.json";
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const c10::Error& e) {
-    return e.what_without_backtrace();
-  }
-  return "";
-}
 
 ModelConfig parse(const std::string& text) { return parse_model_config(json::parse(text), kSrc); }
 

@@ -3,6 +3,8 @@
 // test/reference/ (an independent implementation of the format).
 #include <gtest/gtest.h>
 
+#include "error_expect.h"
+
 #include <unistd.h>
 
 #include <chrono>
@@ -23,15 +25,6 @@ namespace fs = std::filesystem;
 using tdpo::SafetensorsFile;
 
 namespace {
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const c10::Error& e) {
-    return e.what_without_backtrace();
-  }
-  return "";
-}
 
 std::string slurp(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
