@@ -7,38 +7,16 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
-import { Model } from '../lib/model';
+import { arg, writeBenchModel } from './common';
 import { DPOTrainer } from '../lib/trainer/dpo_trainer';
 import { precomputeReference } from '../lib/trainer/precompute';
 import { runtimeInfo, setThreads } from '../lib/runtime';
 
-function arg(name: string, def: number): number {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 ? Number(process.argv[i + 1]) : def;
-}
 
 const cfg = { hidden: arg('hidden', 256), layers: arg('layers', 4), vocab: arg('vocab', 8192), seq: arg('seq', 128), batch: arg('batch', 4), steps: arg('steps', 10), warmup: 2, threads: arg('threads', os.availableParallelism()) };
 
 async function prepare(dir: string): Promise<{ model: string; pairs: string }> {
-  const model = path.join(dir, 'model');
-  const config = {
-    model_type: 'llama', vocab_size: cfg.vocab, hidden_size: cfg.hidden, intermediate_size: Math.round((cfg.hidden * 8) / 3 / 8) * 8,
-    num_hidden_layers: cfg.layers, num_attention_heads: 8, num_key_value_heads: 4, max_position_embeddings: 4096, rms_norm_eps: 1e-6,
-    rope_theta: 10000, tie_word_embeddings: false, hidden_act: 'silu', bos_token_id: 1, eos_token_id: 2, pad_token_id: 0, torch_dtype: 'float32',
-  };
-  {
-    await using m = await Model.create(config, { seed: 1 });
-    await m.save(model);
-  }
-  // a WordPiece tokenizer over placeholder words (the trainer needs one; the data is pre-tokenized)
-  const vocab: Record<string, number> = { '<pad>': 0, '<bos>': 1, '<eos>': 2, '<unk>': 3 };
-  for (let i = 4; i < cfg.vocab; i++) vocab[`w${i}`] = i;
-  fs.writeFileSync(path.join(model, 'tokenizer.json'), JSON.stringify({
-    version: '1.0', added_tokens: ['<pad>', '<bos>', '<eos>', '<unk>'].map((c, id) => ({ id, content: c, single_word: false, lstrip: false, rstrip: false, normalized: false, special: true })),
-    normalizer: null, pre_tokenizer: { type: 'WhitespaceSplit' }, post_processor: null, decoder: { type: 'WordPiece', prefix: '##', cleanup: false },
-    model: { type: 'WordPiece', unk_token: '<unk>', continuing_subword_prefix: '##', max_input_chars_per_word: 100, vocab },
-  }));
-  fs.writeFileSync(path.join(model, 'tokenizer_config.json'), JSON.stringify({ bos_token: '<bos>', eos_token: '<eos>', pad_token: '<pad>', unk_token: '<unk>' }));
+  const model = await writeBenchModel(path.join(dir, 'model'), cfg);
   let s = 7;
   const rnd = () => 4 + ((s = (s * 1103515245 + 12345) % 2 ** 31) % (cfg.vocab - 4));
   const P = Math.floor(cfg.seq / 4);

@@ -9,11 +9,14 @@ import * as precompute from './cli/precompute';
 import * as inspect from './cli/inspect';
 import * as report from './cli/report';
 import * as launch from './cli/launch';
+import * as mergeLora from './cli/merge_lora';
+import * as reward from './cli/reward';
+import * as score from './cli/score';
 
 export function buildProgram(): Command {
   const program = new Command();
   program.name('torch-dpo').description('Direct Preference Optimization on libtorch, from Node.js').showHelpAfterError();
-  for (const cmd of [demo, train, preferenceTrainers, precompute, inspect, report, launch, info]) cmd.register(program);
+  for (const cmd of [demo, train, preferenceTrainers, reward, score, precompute, inspect, report, launch, mergeLora, info]) cmd.register(program);
   return program;
 }
 

@@ -5,14 +5,25 @@ import * as path from 'node:path';
 import { callNative, callNativeSync, NativeModelHandle } from './native';
 import { addon } from './runtime';
 import { Tokenizer } from './tokenizer';
-import { checkBool, checkDevice, checkDType, checkInt, checkNumber, checkObject, checkString, checkTokenIds, Device, DType, fail } from './validate';
+import { AdapterInfo, LoraOptions, resolveLoraOptions } from './lora';
+import { tokenizeRecord, UnpairedExample } from './data/formats';
+import { checkBool, checkDevice, checkDType, checkInt, checkNumber, checkObject, checkOneOf, checkString, checkTokenIds, Device, DType, fail } from './validate';
 
 export interface ModelLoadOptions {
   /** 'cpu' (default), 'cuda' or 'cuda:N'. */
   device?: Device;
   /** Compute dtype: 'float32' (default; the only one on CPU) or 'bfloat16' / 'float16' on CUDA. */
   dtype?: DType;
+  /** 'score': load as a reward model (…ForSequenceClassification). A causal checkpoint's lm_head is dropped and a
+   *  score head drawn from normal(0, initializer_range or 0.02) with `seed`; a score checkpoint loads as is.
+   *  Default: the head config.json describes. */
+  head?: 'score';
+  /** Seed of a new score head; default 0. */
+  seed?: number;
 }
+
+/** A text to score: a whole text, or a prompt and its completion (tokenized as the trainers do). */
+export type ScoreInput = string | { prompt: string; completion: string };
 
 export interface GenerateOptions {
   /** New tokens at most; default 64. */
@@ -57,9 +68,13 @@ export class Model implements AsyncDisposable {
   static async load(dir: string, opts: ModelLoadOptions = {}): Promise<Model> {
     checkString(dir, 'model directory', { nonEmpty: true });
     const { device, dtype } = resolveLoad(opts);
+    const head = opts.head === undefined ? '' : checkOneOf(opts.head, 'head', ['score'] as const);
+    const seed = checkInt(opts.seed ?? 0, 'seed', 0, 2 ** 31 - 1);
     if (!fs.existsSync(path.join(dir, 'config.json'))) throw new Error(`${path.join(dir, 'config.json')}: not found (expected a Hugging Face model directory)`);
     const tokenizer = fs.existsSync(path.join(dir, 'tokenizer.json')) ? await Tokenizer.fromDir(dir) : undefined;
-    const handle = await callNative(`loading ${dir}`, () => addon().loadModel(path.resolve(dir), device, dtype));
+    const handle = await callNative(`loading ${dir}`, () =>
+      head ? addon().loadModel(path.resolve(dir), device, dtype, head, seed) : addon().loadModel(path.resolve(dir), device, dtype),
+    );
     const m = new Model(handle, tokenizer, dir);
     if (tokenizer && tokenizer.vocabSize > m.config.vocab_size) {
       m.dispose();
@@ -94,27 +109,48 @@ export class Model implements AsyncDisposable {
   }
 
   /** Summed log-probs of scored tokens for a right-padded (rows, T) batch; labels shifted, -100 = not scored. */
-  async sequenceLogps(inputIds: Int32Array, attentionMask: Int32Array, labels: Int32Array, rows: number, T: number, chunkRows = 1024): Promise<SequenceLogps> {
-    checkInt(rows, 'rows', 1);
-    checkInt(T, 'T', 1);
-    checkInt(chunkRows, 'chunkRows', 1);
-    return callNative('Model.sequenceLogps', () => this.native.sequenceLogps(inputIds, attentionMask, labels, rows, T, chunkRows));
+  async sequenceLogps(inputIds: Int32Array, attentionMask: Int32Array, labels: Int32Array, rows: number, T: number, chunkRows = 1024, paddingFree = false): Promise<SequenceLogps> {
+    checkLogpsArgs(rows, T, chunkRows, paddingFree);
+    return callNative('Model.sequenceLogps', () => this.native.sequenceLogps(inputIds, attentionMask, labels, rows, T, chunkRows, paddingFree));
   }
 
   /** Per-token log p(x_t | x_<t) of each sequence (unpadded lists of ids); entry 0 of each row is omitted. */
   async tokenLogps(sequences: number[][]): Promise<Float32Array[]> {
-    if (!Array.isArray(sequences) || sequences.length === 0) fail('a non-empty array of token id arrays', 'sequences', sequences);
-    sequences.forEach((s, i) => {
-      checkTokenIds(s, `sequences[${i}]`, this.vocabSize);
-      if (s.length < 1) fail('at least 1 token', `sequences[${i}]`, s);
-    });
-    const rows = sequences.length;
-    const T = Math.max(...sequences.map((s) => s.length));
-    const ids = new Int32Array(rows * T);
-    const mask = new Int32Array(rows * T);
-    sequences.forEach((s, r) => s.forEach((t, i) => ((ids[r * T + i] = t), (mask[r * T + i] = 1))));
+    const { ids, mask, rows, T } = rightPadded(sequences, this.vocabSize);
     const out = await callNative('Model.tokenLogps', () => this.native.tokenLogps(ids, mask, rows, T));
     return sequences.map((s, r) => out.slice(r * T + 1, r * T + s.length));
+  }
+
+  /** True for a reward model (score head, HF …ForSequenceClassification). */
+  get isRewardModel(): boolean {
+    return Array.isArray(this.config.architectures) && this.config.architectures.some((a: unknown) => typeof a === 'string' && a.endsWith('ForSequenceClassification'));
+  }
+
+  /** Rewards of token id sequences (unpadded): the score head at each sequence's last token. Reward models only. */
+  async rewards(sequences: number[][]): Promise<Float64Array> {
+    const { ids, mask, rows, T } = rightPadded(sequences, this.vocabSize);
+    return callNative('Model.rewards', () => this.native.rewards(ids, mask, rows, T));
+  }
+
+  /**
+   * Rewards of texts: a string is encoded whole (with the tokenizer's special tokens); {prompt, completion} (strings
+   * or chat messages) as the data pipeline tokenizes a prompt/completion record (prompt with special tokens or chat
+   * template, completion after it, EOS appended). Scored in batches of `batchSize` (default 16). Reward models only.
+   */
+  async score(inputs: ScoreInput[], opts: { batchSize?: number } = {}): Promise<number[]> {
+    if (!Array.isArray(inputs) || inputs.length === 0) fail('a non-empty array of texts or {prompt, completion}', 'inputs', inputs);
+    const batchSize = checkInt(opts.batchSize ?? 16, 'batchSize', 1, 1 << 20);
+    const tok = this.requireTokenizer();
+    const seqs = inputs.map((x, i) => {
+      if (typeof x === 'string') return tok.encode(x, { addSpecialTokens: true });
+      checkObject(x, `inputs[${i}]`);
+      // the data pipeline's tokenization of a prompt/completion record (the label is irrelevant here)
+      const ex = tokenizeRecord({ prompt: x.prompt, completion: x.completion, label: true }, tok, `inputs[${i}]`, { format: 'unpaired' }) as UnpairedExample;
+      return [...ex.prompt_ids, ...ex.completion_ids];
+    });
+    const out: number[] = [];
+    for (let i = 0; i < seqs.length; i += batchSize) out.push(...(await this.rewards(seqs.slice(i, i + batchSize))));
+    return out;
   }
 
   /** Generates continuations of prompts (token id arrays); returns the new token ids of each (EOS included when hit). */
@@ -170,6 +206,48 @@ export class Model implements AsyncDisposable {
     }
   }
 
+  /**
+   * Attaches fresh LoRA adapters to the matched linear layers (PEFT's init: A kaiming-uniform drawn with `seed`, B = 0,
+   * so the outputs are unchanged) and freezes the base weights: trainers made afterwards train only the adapters.
+   * Throws, listing the model's linear module names, when a target matches none.
+   */
+  async addLora(opts: LoraOptions = {}, seed = 0): Promise<AdapterInfo> {
+    const o = resolveLoraOptions(opts, String(this.config.model_type), 'lora');
+    checkInt(seed, 'seed', 0, 2 ** 31 - 1);
+    return JSON.parse(await callNative('Model.addLora', () => this.native.attachLora(JSON.stringify(o), seed)));
+  }
+
+  /** Attaches the PEFT adapter in `dir` (adapter_config.json + adapter_model.safetensors); base weights frozen. */
+  async loadAdapter(dir: string): Promise<AdapterInfo> {
+    checkString(dir, 'adapter directory', { nonEmpty: true });
+    return JSON.parse(await callNative(`loading the adapter ${dir}`, () => this.native.loadAdapter(path.resolve(dir))));
+  }
+
+  /** Writes the adapters in PEFT's layout (adapter_config.json + adapter_model.safetensors, float32) to `dir`. */
+  async saveAdapter(dir: string): Promise<void> {
+    checkString(dir, 'dir', { nonEmpty: true });
+    fs.mkdirSync(dir, { recursive: true });
+    const base = this.dir ? path.resolve(this.dir) : '';
+    await callNative(`saving the adapter to ${dir}`, () => this.native.saveAdapter(path.resolve(dir), base));
+  }
+
+  /** Folds the adapters into the base weights (W += (alpha/r)·B·A) and removes them; save() then writes merged weights. */
+  async mergeAdapters(): Promise<void> {
+    await callNative('Model.mergeAdapters', () => this.native.mergeAdapters());
+  }
+
+  /** The attached LoRA adapters, or undefined. */
+  get adapters(): AdapterInfo | undefined {
+    const info = JSON.parse(callNativeSync('Model.adapters', () => this.native.adapterInfo()));
+    return info ?? undefined;
+  }
+
+  /** sequenceLogps of the base model: the LoRA adapters switched off for this call only (the DPO reference). */
+  async baseSequenceLogps(inputIds: Int32Array, attentionMask: Int32Array, labels: Int32Array, rows: number, T: number, chunkRows = 1024, paddingFree = false): Promise<SequenceLogps> {
+    checkLogpsArgs(rows, T, chunkRows, paddingFree);
+    return callNative('Model.baseSequenceLogps', () => this.native.baseSequenceLogps(inputIds, attentionMask, labels, rows, T, chunkRows, paddingFree));
+  }
+
   requireTokenizer(): Tokenizer {
     if (!this.tokenizer) throw new Error(`${this.dir ?? 'this model'}: no tokenizer.json, but text input needs one`);
     return this.tokenizer;
@@ -188,4 +266,27 @@ export class Model implements AsyncDisposable {
   async [Symbol.asyncDispose](): Promise<void> {
     this.dispose();
   }
+}
+
+/** The shape arguments of sequenceLogps / baseSequenceLogps (the arrays are checked natively against them). */
+function checkLogpsArgs(rows: number, T: number, chunkRows: number, paddingFree: boolean): void {
+  checkInt(rows, 'rows', 1);
+  checkInt(T, 'T', 1);
+  checkInt(chunkRows, 'chunkRows', 1);
+  checkBool(paddingFree, 'paddingFree');
+}
+
+/** Unpadded token id lists (checked against the vocabulary) -> a right-padded (rows, T) batch and its 0/1 mask. */
+function rightPadded(sequences: number[][], vocabSize: number): { ids: Int32Array; mask: Int32Array; rows: number; T: number } {
+  if (!Array.isArray(sequences) || sequences.length === 0) fail('a non-empty array of token id arrays', 'sequences', sequences);
+  sequences.forEach((s, i) => {
+    checkTokenIds(s, `sequences[${i}]`, vocabSize);
+    if (s.length < 1) fail('at least 1 token', `sequences[${i}]`, s);
+  });
+  const rows = sequences.length;
+  const T = Math.max(...sequences.map((s) => s.length));
+  const ids = new Int32Array(rows * T);
+  const mask = new Int32Array(rows * T);
+  sequences.forEach((s, r) => s.forEach((t, i) => ((ids[r * T + i] = t), (mask[r * T + i] = 1))));
+  return { ids, mask, rows, T };
 }

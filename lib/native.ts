@@ -22,12 +22,26 @@ export interface NativeSequenceLogps {
 /** A loaded causal LM (native/napi/model_napi.cpp). Arrays are row-major (rows, T); labels are shifted, -100 = not scored. */
 export interface NativeModelHandle {
   config(): string;
-  sequenceLogps(inputIds: Int32Array, attentionMask: Int32Array, labels: Int32Array, rows: number, T: number, chunkRows: number): Promise<NativeSequenceLogps>;
+  /** paddingFree: run the model on packed rows (same results, no compute on padding); default false. */
+  sequenceLogps(inputIds: Int32Array, attentionMask: Int32Array, labels: Int32Array, rows: number, T: number, chunkRows: number, paddingFree?: boolean): Promise<NativeSequenceLogps>;
   /** (rows, T) log p(x_t | x_<t) at position t (0 at t = 0 and at pads). */
   tokenLogps(inputIds: Int32Array, attentionMask: Int32Array, rows: number, T: number): Promise<Float32Array>;
   /** Left-padded prompts (rows, T) -> new tokens (rows, maxNewTokens) padded with -1 after a row stops. */
   generate(inputIds: Int32Array, attentionMask: Int32Array, rows: number, T: number, optionsJson: string): Promise<Int32Array>;
   save(dir: string, dtype: string): Promise<void>;
+  /** LoRA (native/napi/lora_napi.cpp). configJson: {r, alpha, dropout, targetModules}; resolves to adapterInfo(). */
+  attachLora(configJson: string, seed: number): Promise<string>;
+  /** Attaches the PEFT adapter of `dir` (adapter_config.json + adapter_model.safetensors); resolves to adapterInfo(). */
+  loadAdapter(dir: string): Promise<string>;
+  saveAdapter(dir: string, baseModel: string): Promise<void>;
+  /** W += (alpha/r)·B·A for every adapter, then removes them. */
+  mergeAdapters(): Promise<void>;
+  /** JSON {r, alpha, dropout, targetModules, fanInFanOut, modules, trainableParameters}, or "null" without adapters. */
+  adapterInfo(): string;
+  /** sequenceLogps with the LoRA adapters off (the base model), switched inside the model's lock. */
+  baseSequenceLogps(inputIds: Int32Array, attentionMask: Int32Array, labels: Int32Array, rows: number, T: number, chunkRows: number, paddingFree?: boolean): Promise<NativeSequenceLogps>;
+  /** Right-padded (rows, T) -> (rows) rewards: the score head at each row's last token (score-head models only). */
+  rewards(inputIds: Int32Array, attentionMask: Int32Array, rows: number, T: number): Promise<Float64Array>;
   dispose(): void;
   readonly disposed: boolean;
 }
@@ -42,16 +56,31 @@ export interface NativeMicroStep {
   tokens: number;
 }
 
+/** A KTO micro-step over N examples (native PreferenceTrainer::accumulate_kto). */
+export interface NativeKtoMicroStep {
+  loss: number;
+  kl: number; // z0, the clamped KL estimate the loss used
+  rewards: Float64Array; // (N) β·(log π − log πref)
+  policyLogps: Float64Array; // (N)
+  counts: Int32Array; // (N)
+  logitsSum: Float64Array; // (N)
+  tokens: number;
+}
+
 /** The training step over a policy model (native/napi/trainer_napi.cpp). */
 export interface NativeTrainerHandle {
-  accumulate(inputIds: Int32Array, attentionMask: Int32Array, labels: Int32Array, refLogps: Float64Array | null, rows: number, T: number, scale: number): Promise<NativeMicroStep>;
+  /** sync: the last micro-batch before step(); with data parallelism its backward all-reduces gradient buckets as they become ready. */
+  accumulate(inputIds: Int32Array, attentionMask: Int32Array, labels: Int32Array, refLogps: Float64Array | null, rows: number, T: number, scale: number, sync: boolean): Promise<NativeMicroStep>;
   evaluate(inputIds: Int32Array, attentionMask: Int32Array, labels: Int32Array, refLogps: Float64Array | null, rows: number, T: number): Promise<NativeMicroStep>;
+  /** KTO (a trainer whose config has "kto"): rows = 2N (N examples, then N mismatched pairs), desirable (N) 0/1. */
+  accumulateKto(inputIds: Int32Array, attentionMask: Int32Array, labels: Int32Array, refLogps: Float64Array | null, desirable: Int32Array, rows: number, T: number, scale: number, sync: boolean): Promise<NativeKtoMicroStep>;
+  evaluateKto(inputIds: Int32Array, attentionMask: Int32Array, labels: Int32Array, refLogps: Float64Array | null, desirable: Int32Array, rows: number, T: number): Promise<NativeKtoMicroStep>;
   step(lr: number, maxGradNorm: number): Promise<{ gradNorm: number; skipped: boolean }>;
   saveState(path: string): Promise<void>;
   loadState(path: string): Promise<void>;
   /** Joins a c10d group (TCPStore at masterAddr:masterPort, gloo) and copies rank 0's parameters; step() then
-   *  all-reduces gradients (mean). Rejects, naming the master and world size, when the rendezvous times out. */
-  joinDataParallel(rank: number, worldSize: number, localRank: number, masterAddr: string, masterPort: number, timeoutMs: number): Promise<void>;
+   *  all-reduces gradients (mean; overlap: bucket by bucket during the last backward before step()). Rejects, naming the master and world size, when the rendezvous times out. */
+  joinDataParallel(rank: number, worldSize: number, localRank: number, masterAddr: string, masterPort: number, timeoutMs: number, overlap: boolean): Promise<void>;
   /** Element-wise sums over the ranks (the values themselves without a group). */
   allreduceSum(values: Float64Array): Promise<Float64Array>;
   /** Waits for every rank (resolves at once without a group). */
@@ -66,9 +95,10 @@ export interface NativeAddon {
   configure(intraOpThreads: number, interOpThreads: number): void;
   tokenLogprobs(logits: Float32Array, targets: Int32Array, rows: number, vocab: number): Promise<Float32Array>;
   matmulBenchmark(n: number, iters: number, device: string, dtype: string): Promise<number>;
-  loadModel(dir: string, device: string, dtype: string): Promise<NativeModelHandle>;
+  /** head 'score': a reward model (a causal checkpoint's lm_head is replaced by a score head drawn with `seed`). */
+  loadModel(dir: string, device: string, dtype: string, head?: '' | 'score', seed?: number): Promise<NativeModelHandle>;
   createModel(configJson: string, device: string, dtype: string, seed: number): Promise<NativeModelHandle>;
-  /** configJson: {loss: {terms: [{type, weight}], beta, labelSmoothing, referenceFree}, optimizer: {type, weightDecay, beta1, beta2, eps, momentum}, chunkRows} */
+  /** configJson: {loss: {terms: [{type, weight}], beta, labelSmoothing, referenceFree}, optimizer: {type, weightDecay, beta1, beta2, eps, momentum}, chunkRows, paddingFree?} */
   createTrainer(policy: NativeModelHandle, configJson: string): NativeTrainerHandle;
 }
 

@@ -13,7 +13,7 @@ export type MetricsRow = { step: number } & Record<string, unknown>;
 /** Keys that, when present, must be a number (or null, which JSON.stringify writes for NaN/Infinity). */
 const NUMERIC_KEYS = [
   'epoch', 'loss', 'rewards/chosen', 'rewards/rejected', 'rewards/accuracies', 'rewards/margins', 'logps/chosen', 'logps/rejected',
-  'logits/chosen', 'logits/rejected', 'learning_rate', 'grad_norm', 'tokens_per_second',
+  'logits/chosen', 'logits/rejected', 'learning_rate', 'grad_norm', 'tokens_per_second', 'kl', 'log_odds_ratio', 'log_odds_chosen', 'nll_loss',
 ];
 
 function isNumericKey(k: string): boolean {
@@ -111,7 +111,7 @@ export const REPORT_CHARTS: ChartSpec[] = [
       { key: 'eval_logps/rejected', label: 'eval rejected', dashed: true },
     ],
   },
-  { id: 'rewards', title: 'Rewards: chosen vs rejected', y: { title: 'reward' }, series: [{ key: 'rewards/chosen', label: 'chosen' }, { key: 'rewards/rejected', label: 'rejected' }] },
+  { id: 'rewards', title: 'Rewards: chosen vs rejected', y: { title: 'reward' }, series: [{ key: 'rewards/chosen', label: 'chosen' }, { key: 'rewards/rejected', label: 'rejected' }, { key: 'kl', label: 'KL estimate z0 (KTO)', dashed: true }] },
   { id: 'lr', title: 'Learning rate', y: { title: 'learning rate' }, series: [{ key: 'learning_rate', label: 'learning rate' }] },
   {
     id: 'throughput', title: 'Gradient norm and throughput', y: { title: 'grad norm' }, y1: { title: 'tokens/s' },

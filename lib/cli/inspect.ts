@@ -3,8 +3,8 @@ import * as fs from 'node:fs';
 import type { Command } from 'commander';
 import { Model } from '../model';
 import { Tokenizer } from '../tokenizer';
-import { newStats } from '../data';
-import { preferenceExamples, pairBatches } from '../trainer/data_source';
+import { isPreference } from '../data';
+import { pairBatches, tokenizedExamples } from '../trainer/data_source';
 import { DType, Device } from '../validate';
 import { parseInteger, parseNumber } from './common';
 
@@ -23,7 +23,7 @@ function out(file: string | undefined): (line: string) => void {
 export function register(program: Command): void {
   program
     .command('tokenize')
-    .description('print one JSON line per example: {index, prompt_ids, chosen_ids, rejected_ids}')
+    .description('print one JSON line per example: {index, prompt_ids, chosen_ids, rejected_ids} ({index, prompt_ids, completion_ids, label} for unpaired records)')
     .requiredOption('--model <dir>', 'model directory with tokenizer.json')
     .requiredOption('--data <file>', 'data file (.jsonl or .parquet)')
     .option('--max-length <n>', 'truncate like training', parseInteger)
@@ -31,8 +31,9 @@ export function register(program: Command): void {
     .action(async (o: Record<string, any>) => {
       const tok = await Tokenizer.fromDir(o.model);
       let index = 0;
-      for await (const ex of preferenceExamples(source(o.data, o), tok, newStats())) {
-        console.log(JSON.stringify({ index: index++, prompt_ids: ex.prompt_ids, chosen_ids: ex.chosen_ids, rejected_ids: ex.rejected_ids }));
+      for await (const ex of tokenizedExamples(source(o.data, o), tok)) {
+        const fields = isPreference(ex) ? { prompt_ids: ex.prompt_ids, chosen_ids: ex.chosen_ids, rejected_ids: ex.rejected_ids } : { prompt_ids: ex.prompt_ids, completion_ids: ex.completion_ids, label: ex.label };
+        console.log(JSON.stringify({ index: index++, ...fields }));
       }
     });
 

@@ -1,8 +1,9 @@
-// `torch-dpo orpo|cpo|sft`: the reference-free trainers, with the `train` command's options less the reference and
-// loss ones, plus each trainer's own loss options.
+// `torch-dpo orpo|cpo|sft|kto`: the DPO relatives, with the `train` command's options less the loss ones (and less the
+// reference ones for the reference-free trainers), plus each trainer's own loss options.
 import type { Command } from 'commander';
 import { parseNumber } from './common';
 import { addTrainingOptions, optionsFromFlags, runTraining } from './train';
+import { ktoOptions, KTOTrainerOptions } from '../trainer/kto_trainer';
 import { cpoOptions, CPOTrainerOptions, orpoOptions, ORPOTrainerOptions, sftOptions, SFTTrainerOptions } from '../trainer/preference_trainers';
 
 export function register(program: Command): void {
@@ -27,6 +28,21 @@ export function register(program: Command): void {
   }).action(async (flags: Record<string, unknown>) => {
     const { opts, ui } = optionsFromFlags(flags);
     await runTraining(cpoOptions(opts as unknown as CPOTrainerOptions), { ...ui, label: 'cpo' });
+  });
+
+  const kto = program.command('kto').description('train a policy by KTO on unpaired examples {prompt, completion, label} (pairs are split)');
+  addTrainingOptions(kto, {
+    reference: true,
+    loss: false,
+    extra: [
+      ['--beta <n>', 'β (default 0.1)', parseNumber],
+      ['--desirable-weight <n>', 'weight of desirable examples (default 1)', parseNumber],
+      ['--undesirable-weight <n>', 'weight of undesirable examples (default 1)', parseNumber],
+      ['--reference-free', 'treat the reference as uniform'],
+    ],
+  }).action(async (flags: Record<string, unknown>) => {
+    const { opts, ui } = optionsFromFlags(flags);
+    await runTraining(ktoOptions(opts as unknown as KTOTrainerOptions), { ...ui, label: 'kto' });
   });
 
   const sft = program.command('sft').description('supervised fine-tuning on the chosen completions of a preference data file');

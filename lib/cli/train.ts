@@ -62,6 +62,13 @@ const RUN_OPTIONS: OptionSpec[] = [
   ['--resume [checkpoint]', 'resume from the latest checkpoint in --output, or the given one'],
   ['--max-non-finite-steps <n>', 'non-finite steps tolerated (default 3)', parseInteger],
   ['--chunk-rows <n>', 'tokens per lm-head chunk (default 1024)', parseInteger],
+  ['--padding-free', 'pack sequences into fewer rows: no compute on padding, same results'],
+  ['--no-overlap-grad-sync', 'under launch: all-reduce all gradients before the step instead of during the last backward'],
+  ['--lora-r <n>', 'train LoRA adapters of this rank instead of all weights (PEFT r; default 8 when another --lora-* is given)', parseInteger],
+  ['--lora-alpha <n>', 'LoRA alpha: the update is scaled by alpha/r (default 8)', parseNumber],
+  ['--lora-dropout <n>', 'LoRA dropout on the adapter input (default 0)', parseNumber],
+  ['--lora-targets <modules>', 'LoRA target modules, comma separated (default q_proj,v_proj; gpt2: c_attn)', parseList],
+  ['--save-merged', 'with LoRA: also write the merged model to <final checkpoint>/merged'],
   ['--no-progress', 'plain log lines even on a terminal'],
   ['--no-report', 'do not write report.html at the end'],
 ];
@@ -89,6 +96,13 @@ export function optionsFromFlags(flags: Record<string, unknown>): { opts: Record
   const { config, progress, report, shuffle, ...rest } = flags;
   const opts: Record<string, unknown> = config ? readConfigFile(String(config)) : {};
   for (const [k, v] of Object.entries(rest)) if (v !== undefined) opts[RENAME[k] ?? k] = v;
+  // --lora-r / --lora-alpha / --lora-dropout / --lora-targets -> opts.lora (over a config file's lora object)
+  const lora: Record<string, unknown> = { ...((opts.lora as Record<string, unknown> | undefined) ?? {}) };
+  for (const [flag, key] of [['loraR', 'r'], ['loraAlpha', 'alpha'], ['loraDropout', 'dropout'], ['loraTargets', 'targetModules']] as const) {
+    if (opts[flag] !== undefined) lora[key] = opts[flag];
+    delete opts[flag];
+  }
+  if (Object.keys(lora).length > 0 || opts.lora !== undefined) opts.lora = lora;
   if (shuffle === false) opts.shuffle = false;
   return { opts, ui: { progress: progress !== false, report: report !== false } };
 }
@@ -112,10 +126,12 @@ export async function runTraining(opts: DPOTrainerOptions, ui: { progress: boole
   try {
     for await (const m of trainer.train({ signal: ac.signal })) {
       if ('eval_loss' in m) {
-        bar.update(trainer.state.step, `eval loss ${fmt(m.eval_loss)} acc ${fmt(m['eval_rewards/accuracies'], 3)}`);
+        const evalQuality = 'eval_kl' in m ? `kl ${fmt(m.eval_kl)} margin ${fmt(m['eval_rewards/margins'])}` : `acc ${fmt(m['eval_rewards/accuracies'] ?? m.eval_accuracy, 3)}`;
+        bar.update(trainer.state.step, `eval loss ${fmt(m.eval_loss)} ${evalQuality}`);
         continue;
       }
-      bar.update(m.step, `loss ${fmt(m.loss)} acc ${fmt(m['rewards/accuracies'], 3)} margin ${fmt(m['rewards/margins'])} ${fmt(m.tokens_per_second, 3)} tok/s`);
+      const quality = 'kl' in m ? `kl ${fmt(m.kl)}` : 'accuracy' in m ? `acc ${fmt(m.accuracy, 3)}` : `acc ${fmt(m['rewards/accuracies'], 3)}`;
+      bar.update(m.step, `loss ${fmt(m.loss)} ${quality} margin ${fmt(m['rewards/margins'] ?? m.margin)} ${fmt(m.tokens_per_second, 3)} tok/s`);
     }
   } finally {
     bar.stop();

@@ -35,16 +35,20 @@ export interface PairSourceOptions {
   seed: number;
 }
 
-/** Tokenized preference examples of `file` in file order; unpaired records are an error naming the file. */
-export async function* preferenceExamples(o: PairSourceOptions, tokenizer: Tokenizer, stats: TokenizeStats = newStats()): AsyncGenerator<PreferenceExample> {
-  const src = tokenizeExamples(readRecords(o.data), tokenizer, {
+/** Tokenized examples (pairs or unpaired) of `o.data` in file order, truncated as the options say. */
+export function tokenizedExamples(o: PairSourceOptions, tokenizer: Tokenizer, stats: TokenizeStats = newStats()): AsyncGenerator<TokenizedExample> {
+  return tokenizeExamples(readRecords(o.data), tokenizer, {
     maxLength: o.maxLength,
     maxPromptLength: o.maxPromptLength,
     truncationMode: o.truncationMode,
     overlongPolicy: o.overlongPolicy,
     stats,
   });
-  for await (const ex of src as AsyncGenerator<TokenizedExample>) {
+}
+
+/** Tokenized preference examples of `file` in file order; unpaired records are an error naming the file. */
+export async function* preferenceExamples(o: PairSourceOptions, tokenizer: Tokenizer, stats: TokenizeStats = newStats()): AsyncGenerator<PreferenceExample> {
+  for await (const ex of tokenizedExamples(o, tokenizer, stats)) {
     if (!isPreference(ex)) throw new Error(`${o.data}: an unpaired (KTO) record where preference pairs are expected`);
     yield ex;
   }
@@ -66,23 +70,33 @@ export interface Shard {
  */
 export async function* pairBatches(o: PairSourceOptions | ResolvedDPOOptions, tokenizer: Tokenizer, epoch: number, skip: number, stats?: TokenizeStats, shard?: Shard): AsyncGenerator<PairBatch> {
   const pad = tokenizer.padTokenId ?? tokenizer.eosTokenId ?? 0;
+  const examples = orderedExamples(preferenceExamples(o, tokenizer, stats), o, epoch, skip, shard);
+  for await (const b of batchPairs(examples, { batchSize: o.perDeviceTrainBatchSize, padTokenId: pad })) {
+    yield b as unknown as PairBatch;
+  }
+}
+
+/**
+ * This rank's examples of epoch `epoch` from `base` (file order), with their index in the epoch's order: shuffled
+ * with the seeded buffer when o.shuffle, cut into groups of worldSize (see pairBatches), starting after `skip`
+ * examples of all ranks. When `skip` is not a multiple of worldSize (a resume onto a different world size) it is
+ * rounded up to the next group, so that every rank gets the same number of examples.
+ */
+export async function* orderedExamples<E extends object>(
+  base: AsyncIterable<E>, o: Pick<PairSourceOptions, 'shuffle' | 'shuffleBufferSize' | 'seed' | 'data'>, epoch: number, skip: number, shard?: Shard,
+): AsyncGenerator<E & { index: number; source: string }> {
   const W = shard?.worldSize ?? 1;
   const rank = shard?.rank ?? 0;
-  async function* ordered(): AsyncGenerator<IndexedExample> {
-    const base = preferenceExamples(o, tokenizer, stats);
-    const src = o.shuffle ? shuffleBuffer(base, { bufferSize: o.shuffleBufferSize, seed: (o.seed + epoch * 7919) >>> 0 }) : base;
-    let index = 0;
-    let mine: IndexedExample | undefined; // this rank's member of the current group, held until the group is complete
-    for await (const ex of src) {
-      if (index % W === rank && index >= skip) mine = { ...ex, index, source: o.data };
-      if (index % W === W - 1) {
-        if (mine) yield mine;
-        mine = undefined;
-      }
-      index++;
+  const start = Math.ceil(skip / W) * W;
+  const src = o.shuffle ? shuffleBuffer(base, { bufferSize: o.shuffleBufferSize, seed: (o.seed + epoch * 7919) >>> 0 }) : base;
+  let index = 0;
+  let mine: (E & { index: number; source: string }) | undefined; // this rank's member of the current group, held until the group is complete
+  for await (const ex of src) {
+    if (index % W === rank && index >= start) mine = { ...ex, index, source: o.data };
+    if (index % W === W - 1) {
+      if (mine) yield mine;
+      mine = undefined;
     }
-  }
-  for await (const b of batchPairs(ordered(), { batchSize: o.perDeviceTrainBatchSize, padTokenId: pad })) {
-    yield b as unknown as PairBatch;
+    index++;
   }
 }

@@ -2,14 +2,16 @@
 // async iterator of per-logging-step metrics, cancellable with an AbortSignal; checkpoints are atomic and resumable.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { callNative, callNativeSync, NativeMicroStep, NativeTrainerHandle } from '../native';
+import { callNative, callNativeSync, NativeTrainerHandle } from '../native';
 import { addon } from '../runtime';
 import { Model } from '../model';
 import { readRefCacheMeta, RefLogpCache, referenceIdentity, sequenceKey } from '../ref_cache';
 import { checkWritableDir, replaceDirAtomic, writeFileAtomic, writeJsonAtomic } from '../fs_atomic';
 import { DPOTrainerOptions, ResolvedDPOOptions, resolveDPOOptions } from './options';
 import { learningRateAt } from './schedule';
-import { countExamples, PairBatch, pairBatches } from './data_source';
+import { countExamples, PairBatch, pairBatches, Shard } from './data_source';
+import { countUnpairedExamples, KTOBatch, ktoBatches } from './kto_data';
+import { KTOMetricWindow, PairMetricWindow, Window } from './metrics';
 import { DistEnv, readDistEnv } from './distributed';
 
 /** One logging step's metrics, with TRL's names. */
@@ -38,75 +40,6 @@ export interface TrainerState {
   examplesInEpoch: number; // examples consumed in the current epoch
   nonFiniteSteps: number;
   totalSteps: number;
-}
-
-/** Running sums over a logging window. */
-class MetricWindow {
-  private n = 0;
-  private pairs = 0;
-  private s: Record<string, number> = {};
-  private add(k: string, v: number) {
-    this.s[k] = (this.s[k] ?? 0) + v;
-  }
-  addMicro(r: NativeMicroStep, refLogps: Float64Array | null) {
-    const P = r.chosenRewards.length;
-    this.n++;
-    this.pairs += P;
-    this.add('loss', r.loss);
-    for (let i = 0; i < P; i++) {
-      const c = r.chosenRewards[i], j = r.rejectedRewards[i];
-      this.add('rewards/chosen', c);
-      this.add('rewards/rejected', j);
-      this.add('rewards/accuracies', c > j ? 1 : 0);
-      this.add('rewards/margins', c - j);
-      this.add('logps/chosen', r.policyLogps[i]);
-      this.add('logps/rejected', r.policyLogps[P + i]);
-      this.add('lc', r.logitsSum[i]);
-      this.add('lr_', r.logitsSum[P + i]);
-      this.add('cc', r.counts[i]);
-      this.add('rc', r.counts[P + i]);
-    }
-    this.add('tokens', r.tokens);
-    void refLogps;
-  }
-  addStep(gradNorm: number) {
-    this.add('steps', 1);
-    this.add('grad_norm', gradNorm);
-  }
-  get empty() {
-    return this.n === 0;
-  }
-  private static readonly KEYS = ['loss', 'rewards/chosen', 'rewards/rejected', 'rewards/accuracies', 'rewards/margins', 'logps/chosen', 'logps/rejected', 'lc', 'lr_', 'cc', 'rc', 'tokens', 'steps', 'grad_norm'];
-  /** The window's sums (count, pairs, then KEYS), for an all-reduce over the ranks. */
-  sums(): Float64Array {
-    return Float64Array.from([this.n, this.pairs, ...MetricWindow.KEYS.map((k) => this.s[k] ?? 0)]);
-  }
-  /** A window holding the given sums (from sums(), e.g. summed over the ranks). */
-  static fromSums(v: Float64Array): MetricWindow {
-    const w = new MetricWindow();
-    w.n = v[0];
-    w.pairs = v[1];
-    MetricWindow.KEYS.forEach((k, i) => (w.s[k] = v[2 + i]));
-    return w;
-  }
-  get tokens() {
-    return this.s.tokens ?? 0;
-  }
-  summary(): Record<string, number> {
-    const p = Math.max(1, this.pairs);
-    return {
-      loss: this.s.loss / Math.max(1, this.n),
-      'rewards/chosen': this.s['rewards/chosen'] / p,
-      'rewards/rejected': this.s['rewards/rejected'] / p,
-      'rewards/accuracies': this.s['rewards/accuracies'] / p,
-      'rewards/margins': this.s['rewards/margins'] / p,
-      'logps/chosen': this.s['logps/chosen'] / p,
-      'logps/rejected': this.s['logps/rejected'] / p,
-      'logits/chosen': this.s.lc / Math.max(1, this.s.cc),
-      'logits/rejected': this.s.lr_ / Math.max(1, this.s.rc),
-      grad_norm: (this.s.grad_norm ?? 0) / Math.max(1, this.s.steps ?? 0),
-    };
-  }
 }
 
 export class DPOTrainer implements AsyncDisposable {
@@ -139,26 +72,35 @@ export class DPOTrainer implements AsyncDisposable {
     const resumeDir = o.resume ? findResumeDir(o) : undefined;
     // one GPU per process: a plain 'cuda' means this rank's local GPU
     const device = dist && o.device === 'cuda' ? (`cuda:${dist.localRank}` as typeof o.device) : o.device;
-    const policy = await Model.load(resumeDir ?? o.policy, { device, dtype: o.dtype });
+    const policy = await Model.load((o.lora ? undefined : resumeDir) ?? o.policy, { device, dtype: o.dtype, ...(o.reward ? { head: 'score' as const, seed: o.seed } : {}) });
     let reference: Model | undefined;
     let cache: RefLogpCache | undefined;
     let trainer: NativeTrainerHandle | undefined;
     try {
       policy.requireTokenizer();
+      // LoRA: base weights from `policy`; the adapter of the checkpoint when resuming, else fresh ones.
+      if (o.lora) await (resumeDir ? policy.loadAdapter(resumeDir) : policy.addLora(o.lora, o.seed));
       if (o.reference) reference = await Model.load(o.reference, { device, dtype: o.dtype });
       if (o.refCache) {
-        const referenceId = o.reference ? await referenceIdentity(o.reference) : undefined;
+        const refDir = o.reference ?? (o.lora ? o.policy : undefined); // with LoRA: the base model (adapters off)
+        const referenceId = refDir ? await referenceIdentity(refDir) : undefined;
         cache = await openCache(o.refCache, referenceId);
       }
       trainer = callNativeSync('createTrainer', () => addon().createTrainer(policy.native, JSON.stringify(trainerConfig(o))));
       if (dist) {
         const t = trainer;
         await callNative(`joining the data-parallel group as rank ${dist.rank} of ${dist.worldSize} at ${dist.masterAddr}:${dist.masterPort}`, () =>
-          t.joinDataParallel(dist.rank, dist.worldSize, dist.localRank, dist.masterAddr, dist.masterPort, dist.timeoutMs),
+          t.joinDataParallel(dist.rank, dist.worldSize, dist.localRank, dist.masterAddr, dist.masterPort, dist.timeoutMs, o.overlapGradSync),
         );
       }
       const W = dist?.worldSize ?? 1;
-      const totalSteps = o.maxSteps > 0 ? o.maxSteps : Math.max(1, Math.ceil((o.numTrainEpochs * Math.floor((await countExamples(o.data)) / W)) / (o.perDeviceTrainBatchSize * o.gradientAccumulationSteps)));
+      // an epoch: ceil(examples per rank / batch) micro-batches, a step every gradientAccumulationSteps of them and one
+      // for the remainder at the epoch's end
+      const stepsPerEpoch = async () => {
+        const perRank = Math.floor((await (o.kto ? countUnpairedExamples : countExamples)(o.data)) / W);
+        return Math.ceil(Math.ceil(perRank / o.perDeviceTrainBatchSize) / o.gradientAccumulationSteps);
+      };
+      const totalSteps = o.maxSteps > 0 ? o.maxSteps : Math.max(1, Math.ceil(o.numTrainEpochs * (await stepsPerEpoch())));
       let state: TrainerState = { step: 0, epoch: 0, examplesInEpoch: 0, nonFiniteSteps: 0, totalSteps };
       if (resumeDir) {
         state = readTrainerState(resumeDir);
@@ -180,26 +122,60 @@ export class DPOTrainer implements AsyncDisposable {
   }
 
   /** Reference log-probs of a batch (2B): from the cache, else the reference model (then stored), else null (reference-free). */
-  private async referenceLogps(b: PairBatch): Promise<Float64Array | null> {
+  private async referenceLogps(b: PairBatch | KTOBatch): Promise<Float64Array | null> {
     const o = this.options;
     if (o.referenceFree) return null;
     const B = b.size;
-    const keys = b.examples.flatMap((e) => [sequenceKey(e.prompt_ids, e.chosen_ids)]).concat(b.examples.map((e) => sequenceKey(e.prompt_ids, e.rejected_ids)));
+    const keys = 'keys' in b ? b.keys : b.examples.map((e) => sequenceKey(e.prompt_ids, e.chosen_ids)).concat(b.examples.map((e) => sequenceKey(e.prompt_ids, e.rejected_ids)));
     const out = new Float64Array(2 * B);
     if (this.cache && keys.every((k) => this.cache!.has(k))) {
       keys.forEach((k, i) => (out[i] = this.cache!.get(k)!.logp));
       return out;
+    }
+    if (!this.reference && o.lora) {
+      // LoRA without a reference model: the policy with its adapters off, switched inside the native call only.
+      const r = await this.policy.baseSequenceLogps(b.inputIds, b.attentionMask, b.labels, 2 * B, b.T, o.chunkRows, o.paddingFree);
+      if (this.cache) await this.cache.putMany(keys.map((k, i) => [k, { logp: r.logps[i], count: r.counts[i] }]));
+      return r.logps;
     }
     if (!this.reference) {
       const missing = keys.findIndex((k) => !this.cache?.has(k));
       const ex = b.examples[missing % B];
       throw new Error(`${ex.source ?? o.data}: example #${ex.index + 1} of epoch ${this.state.epoch + 1} is missing from the reference cache ${o.refCache} and no reference model was given`);
     }
-    const r = await this.reference.sequenceLogps(b.inputIds, b.attentionMask, b.labels, 2 * B, b.T, o.chunkRows);
+    const r = await this.reference.sequenceLogps(b.inputIds, b.attentionMask, b.labels, 2 * B, b.T, o.chunkRows, o.paddingFree);
     if (this.cache) {
       await this.cache.putMany(keys.map((k, i) => [k, { logp: r.logps[i], count: r.counts[i] }]));
     }
     return r.logps;
+  }
+
+  /** This rank's batches of an epoch: preference pairs, or KTO batches (unpaired examples + mismatched pairs). */
+  private batches(src: ResolvedDPOOptions, epoch: number, skip: number, shard?: Shard): AsyncGenerator<PairBatch | KTOBatch> {
+    const tok = this.policy.requireTokenizer();
+    return src.kto ? ktoBatches(src, tok, epoch, skip, undefined, shard) : pairBatches(src, tok, epoch, skip, undefined, shard);
+  }
+
+  private newWindow(): Window {
+    return this.options.kto ? new KTOMetricWindow() : new PairMetricWindow(this.options.lossType.includes('orpo'));
+  }
+
+  /** Reference log-probs, then the policy forward (and backward of loss·scale when training), recorded in `w`. */
+  private async microStep(b: PairBatch | KTOBatch, scale: number, train: boolean, w: Window, sync = false): Promise<void> {
+    const ref = await this.referenceLogps(b);
+    const n = this.native;
+    const what = train ? 'train step' : 'evaluation';
+    if ('desirable' in b) {
+      const r = await callNative(what, () =>
+        train ? n.accumulateKto(b.inputIds, b.attentionMask, b.labels, ref, b.desirable, 2 * b.size, b.T, scale, sync) : n.evaluateKto(b.inputIds, b.attentionMask, b.labels, ref, b.desirable, 2 * b.size, b.T),
+      );
+      (w as KTOMetricWindow).addKto(r, b.desirable);
+    } else {
+      const r = await callNative(what, () =>
+        train ? n.accumulate(b.inputIds, b.attentionMask, b.labels, ref, 2 * b.size, b.T, scale, sync) : n.evaluate(b.inputIds, b.attentionMask, b.labels, ref, 2 * b.size, b.T),
+      );
+      (w as PairMetricWindow).addMicro(r);
+    }
   }
 
   /**
@@ -212,7 +188,7 @@ export class DPOTrainer implements AsyncDisposable {
     const st = this.state;
     const metricsFile = path.join(o.outputDir, 'metrics.jsonl');
     const warmup = Math.ceil(o.warmupRatio * st.totalSteps);
-    let window = new MetricWindow();
+    let window = this.newWindow();
     let windowStart = Date.now();
     const accum = o.gradientAccumulationSteps;
     const epochs = o.maxSteps > 0 ? Infinity : Math.ceil(o.numTrainEpochs);
@@ -222,18 +198,19 @@ export class DPOTrainer implements AsyncDisposable {
     while (st.step < st.totalSteps && st.epoch < epochs && !stopped) {
       let sawData = false;
       const shard = this.dist ? { rank: this.dist.rank, worldSize: this.dist.worldSize } : undefined;
-      for await (const b of pairBatches(o, this.policy.requireTokenizer(), st.epoch, st.examplesInEpoch, undefined, shard)) {
+      // a resume onto another world size starts at the next complete group of ranks (see orderedExamples)
+      st.examplesInEpoch = Math.ceil(st.examplesInEpoch / (shard?.worldSize ?? 1)) * (shard?.worldSize ?? 1);
+      for await (const [b, lastOfEpoch] of withLast(this.batches(o, st.epoch, st.examplesInEpoch, shard))) {
         sawData = true;
         if (await this.anyRank(opts.signal?.aborted === true)) {
           stopped = true;
           break;
         }
-        const ref = await this.referenceLogps(b);
-        const r = await callNative('train step', () => this.native.accumulate(b.inputIds, b.attentionMask, b.labels, ref, 2 * b.size, b.T, 1 / accum));
-        window.addMicro(r, ref);
+        const stepNext = (micro + 1) % accum === 0 || lastOfEpoch; // the optimizer steps after this micro-batch
+        await this.microStep(b, 1 / accum, true, window, stepNext);
         st.examplesInEpoch += b.size * (this.dist?.worldSize ?? 1); // every rank took a batch of this size
         micro++;
-        if (micro % accum !== 0) continue;
+        if (!stepNext) continue; // the epoch's last micro-batches make a step of their own
         const lr = learningRateAt(st.step, st.totalSteps, o.learningRate, o.lrSchedulerType, warmup);
         const s = await callNative('optimizer step', () => this.native.step(lr, o.maxGradNorm));
         if (s.skipped) {
@@ -250,7 +227,7 @@ export class DPOTrainer implements AsyncDisposable {
           const m = this.metrics(await this.globalWindow(window), lr, windowStart);
           if (this.isMain) fs.appendFileSync(metricsFile, JSON.stringify(m) + '\n');
           lastLogged = st.step;
-          window = new MetricWindow();
+          window = this.newWindow();
           windowStart = Date.now();
           yield m;
         }
@@ -271,22 +248,18 @@ export class DPOTrainer implements AsyncDisposable {
     }
     if (o.evalData) yield { ...(await this.evaluate()) } as DPOMetrics;
     await this.cache?.flush();
-    await this.saveCheckpoint();
+    await this.saveCheckpoint({ merged: o.saveMerged });
   }
 
   /** Loss and reward metrics over evalData (no gradients), with TRL's eval_ prefix; appended to metrics.jsonl. */
   async evaluate(): Promise<Record<string, number>> {
     const o = this.options;
     if (!o.evalData) throw new Error('evaluate() needs the evalData option');
-    const w = new MetricWindow();
-    const src = { ...o, data: o.evalData, shuffle: false };
-    for await (const b of pairBatches(src, this.policy.requireTokenizer(), 0, 0)) {
-      const ref = await this.referenceLogps(b);
-      w.addMicro(await callNative('evaluation', () => this.native.evaluate(b.inputIds, b.attentionMask, b.labels, ref, 2 * b.size, b.T)), ref);
-    }
+    const w = this.newWindow();
+    for await (const b of this.batches({ ...o, data: o.evalData, shuffle: false }, 0, 0)) await this.microStep(b, 1, false, w);
     if (w.empty) throw new Error(`${o.evalData}: no usable examples`);
     const m: Record<string, number> = { step: this.state.step };
-    for (const [k, v] of Object.entries(w.summary())) if (k !== 'grad_norm') m[`eval_${k}`] = v;
+    for (const [k, v] of Object.entries(o.reward ? rewardSummary(w.summary()) : w.summary())) if (k !== 'grad_norm') m[`eval_${k}`] = v;
     if (this.isMain) fs.appendFileSync(path.join(o.outputDir, 'metrics.jsonl'), JSON.stringify(m) + '\n');
     return m;
   }
@@ -304,18 +277,18 @@ export class DPOTrainer implements AsyncDisposable {
   }
 
   /** The window summed over the ranks (metrics over the global batch). */
-  private async globalWindow(w: MetricWindow): Promise<MetricWindow> {
+  private async globalWindow(w: Window): Promise<Window> {
     if (!this.dist) return w;
-    return MetricWindow.fromSums(await callNative('all-reduce of metrics', () => this.native.allreduceSum(w.sums())));
+    return w.withSums(await callNative('all-reduce of metrics', () => this.native.allreduceSum(w.sums())));
   }
 
-  private metrics(w: MetricWindow, lr: number, since: number): DPOMetrics {
+  private metrics(w: Window, lr: number, since: number): DPOMetrics {
     const st = this.state;
     const secs = Math.max(1e-3, (Date.now() - since) / 1000);
     return {
       step: st.step,
       epoch: st.epoch + st.examplesInEpoch / Math.max(1, (st.totalSteps * this.options.perDeviceTrainBatchSize * this.options.gradientAccumulationSteps) / Math.max(1, this.options.numTrainEpochs)),
-      ...w.summary(),
+      ...(this.options.reward ? rewardSummary(w.summary()) : w.summary()),
       learning_rate: lr,
       tokens_per_second: w.tokens / secs,
       skipped_steps: st.nonFiniteSteps,
@@ -327,7 +300,7 @@ export class DPOTrainer implements AsyncDisposable {
    * data parallelism every rank calls it: rank 0 writes (all ranks hold the same weights and optimizer state), the
    * others wait for it at a barrier.
    */
-  async saveCheckpoint(): Promise<string> {
+  async saveCheckpoint(opts: { merged?: boolean } = {}): Promise<string> {
     const o = this.options;
     const final = path.join(o.outputDir, `checkpoint-${this.state.step}`);
     if (!this.isMain) {
@@ -335,19 +308,24 @@ export class DPOTrainer implements AsyncDisposable {
       return final;
     }
     try {
-      await this.writeCheckpoint(final);
+      await this.writeCheckpoint(final, opts.merged === true);
     } finally {
       if (this.dist) await callNative('checkpoint barrier', () => this.native.barrier());
     }
     return final;
   }
 
-  private async writeCheckpoint(final: string): Promise<void> {
+  private async writeCheckpoint(final: string, merged = false): Promise<void> {
     const o = this.options;
     const tmp = path.join(o.outputDir, `.tmp-checkpoint-${this.state.step}-${process.pid}`);
     fs.rmSync(tmp, { recursive: true, force: true });
     fs.mkdirSync(tmp, { recursive: true });
-    await this.policy.save(tmp);
+    if (o.lora) {
+      await this.policy.saveAdapter(tmp); // PEFT layout; the base weights are those of o.policy
+      if (merged) await writeMergedModel(o.policy, tmp, path.join(tmp, 'merged'));
+    } else {
+      await this.policy.save(tmp);
+    }
     await callNative('saving optimizer state', () => this.native.saveState(path.join(tmp, 'optimizer.pt')));
     await writeJsonAtomic(path.join(tmp, 'trainer_state.json'), { ...this.state, format: 'torch-dpo-trainer-state', version: 1 });
     await replaceDirAtomic(tmp, final);
@@ -384,7 +362,35 @@ export function trainerConfig(o: ResolvedDPOOptions) {
     },
     optimizer: { type: o.optimizer, weightDecay: o.weightDecay, beta1: o.adamBeta1, beta2: o.adamBeta2, eps: o.adamEpsilon, momentum: 0 },
     chunkRows: o.chunkRows,
+    ...(o.kto ? { kto: { beta: o.beta, desirableWeight: o.kto.desirableWeight, undesirableWeight: o.kto.undesirableWeight, referenceFree: o.referenceFree } } : {}),
+    paddingFree: o.paddingFree,
+    ...(o.reward ? { reward: { centerRewardsCoefficient: o.reward.centerRewardsCoefficient, margin: o.reward.margin } } : {}),
   };
+}
+
+/** A reward model's window under TRL RewardTrainer's names: loss, accuracy, margin, rewards/chosen, rewards/rejected. */
+function rewardSummary(s: Record<string, number>): Record<string, number> {
+  const { 'rewards/accuracies': accuracy, 'rewards/margins': margin, 'logps/chosen': _lc, 'logps/rejected': _lr, 'logits/chosen': _gc, 'logits/rejected': _gr, ...rest } = s;
+  return { ...rest, accuracy, margin };
+}
+
+/** base + adapter (PEFT folders) -> merged Hugging Face model in `out`, computed on the CPU in float32. */
+export async function writeMergedModel(base: string, adapter: string, out: string): Promise<void> {
+  await using m = await Model.load(base);
+  await m.loadAdapter(adapter);
+  await m.mergeAdapters();
+  await m.save(out);
+}
+
+/** Each item of `src` with whether it is the last one (one item of look-ahead). */
+async function* withLast<T>(src: AsyncIterable<T>): AsyncGenerator<[T, boolean]> {
+  const it = src[Symbol.asyncIterator]();
+  let cur = await it.next();
+  while (!cur.done) {
+    const next = await it.next();
+    yield [cur.value, next.done === true];
+    cur = next;
+  }
 }
 
 async function openCache(dir: string, referenceId: string | undefined): Promise<RefLogpCache> {

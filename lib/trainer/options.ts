@@ -5,6 +5,7 @@ import {
   Device, DType, fail,
 } from '../validate';
 import { LR_SCHEDULERS, LrSchedulerType } from './schedule';
+import { checkLoraOptions, LoraOptions } from '../lora';
 
 export const DPO_LOSS_TYPES = [
   'sigmoid', 'robust', 'hinge', 'ipo', 'exo_pair', 'nca_pair', 'bco_pair', 'sppo_hard', 'apo_zero', 'apo_down',
@@ -94,9 +95,31 @@ export interface DPOTrainerOptions {
   maxNonFiniteSteps?: number;
   /** Rows of the (tokens, hidden) matrix per lm-head chunk of the fused loss; default 1024. */
   chunkRows?: number;
+  /** Train LoRA adapters instead of all weights (PEFT's LoraConfig: r, lora_alpha, lora_dropout, target_modules as
+   *  r, alpha, dropout, targetModules); base weights stay frozen. Without `reference` / `refCache` the DPO reference
+   *  is the policy with its adapters off (no second model in memory). Checkpoints hold the adapter in PEFT's layout
+   *  (adapter_config.json + adapter_model.safetensors). Default: none (full fine-tuning). */
+  lora?: LoraOptions;
+  /** With `lora`: also write the merged model (base + (alpha/r)·B·A) to <final checkpoint>/merged; default false. */
+  saveMerged?: boolean;
+  /** Train a reward model instead (set by RewardTrainer): the policy is loaded with a score head and trained with the
+   *  Bradley–Terry loss; the DPO loss options are then unused. Default: none. */
+  reward?: RewardModelOptions;
+  /** Train with KTO on unpaired examples instead (set by KTOTrainer, lib/trainer/kto_trainer.ts): the data is read as
+   *  {prompt, completion, label} (pairs split into both) and the loss is KTO's with β = `beta`. Default: none. */
+  kto?: KTOModeOptions;
+  /** Pack each micro-batch's sequences into fewer rows (block-diagonal attention, no compute on padding) for the
+   *  policy and reference forwards; same losses and gradients; default false. */
+  paddingFree?: boolean;
+  /** Data parallel (`torch-dpo launch`): all-reduce the gradient buckets while the last backward before each optimizer
+   *  step runs (DDP's overlap) instead of all at once before the step; same result. Default true. */
+  overlapGradSync?: boolean;
 }
 
-export type ResolvedDPOOptions = Required<Omit<DPOTrainerOptions, 'reference' | 'refCache' | 'evalData' | 'lossType'>> & {
+export type ResolvedDPOOptions = Required<Omit<DPOTrainerOptions, 'reference' | 'refCache' | 'evalData' | 'lossType' | 'reward' | 'lora' | 'kto'>> & {
+  kto?: KTOModeOptions;
+  lora?: LoraOptions;
+  reward?: RewardModelOptions;
   reference?: string;
   refCache?: string;
   evalData?: string;
@@ -137,9 +160,29 @@ export const DPO_DEFAULTS = {
   resume: false as boolean | string,
   maxNonFiniteSteps: 3,
   chunkRows: 1024,
+  lora: undefined as LoraOptions | undefined, // listed so that the trainers built on these defaults accept it
+  saveMerged: false,
+  paddingFree: false,
+  overlapGradSync: true,
 };
 
-const KNOWN = ['policy', 'reference', 'refCache', 'data', 'evalData', 'outputDir', 'lossType', ...Object.keys(DPO_DEFAULTS)];
+const KNOWN = ['policy', 'reference', 'refCache', 'data', 'evalData', 'outputDir', 'lossType', 'reward', 'kto', ...Object.keys(DPO_DEFAULTS)];
+
+/** Reward-model training (set by RewardTrainer, lib/trainer/reward_trainer.ts). */
+export interface RewardModelOptions {
+  /** TRL RewardConfig.center_rewards_coefficient: adds c·mean((r_w + r_l)²) to the loss; 0 = off. */
+  centerRewardsCoefficient: number;
+  /** m in −log σ(r_w − r_l − m) for every pair; 0 = plain Bradley–Terry. */
+  margin: number;
+}
+
+/** KTO training (set by KTOTrainer). */
+export interface KTOModeOptions {
+  /** w_d > 0, the weight of desirable examples' losses (TRL KTOConfig.desirable_weight). */
+  desirableWeight: number;
+  /** w_u > 0, the weight of undesirable examples' losses (TRL KTOConfig.undesirable_weight). */
+  undesirableWeight: number;
+}
 
 /** Fills defaults and checks every option; throws a ValidationError naming the option. */
 export function resolveDPOOptions(input: DPOTrainerOptions): ResolvedDPOOptions {
@@ -194,8 +237,23 @@ export function resolveDPOOptions(input: DPOTrainerOptions): ResolvedDPOOptions 
   if (typeof r.resume !== 'boolean') checkString(r.resume, 'resume', { nonEmpty: true });
   checkInt(r.maxNonFiniteSteps, 'maxNonFiniteSteps', 0);
   checkInt(r.chunkRows, 'chunkRows', 1, 1 << 24);
-  if (!r.reference && !r.refCache && !r.referenceFree && !(types.length === 1 && types[0] === 'sft')) {
-    fail('a reference model, a refCache, or referenceFree: true', 'reference', r.reference);
+  if (r.lora !== undefined) r.lora = checkLoraOptions(r.lora, 'lora');
+  if (r.lora && r.reward) fail('no lora for a reward model (its score head would stay frozen: not supported yet)', 'lora', r.lora);
+  checkBool(r.saveMerged, 'saveMerged');
+  if (r.saveMerged && !r.lora) fail('false without lora (a full fine-tune saves full weights already)', 'saveMerged', r.saveMerged);
+  if (r.reward !== undefined) {
+    checkNumber(checkObject(r.reward, 'reward').centerRewardsCoefficient, 'centerRewardsCoefficient', { min: 0 });
+    checkNumber(r.reward.margin, 'margin');
+  }
+  checkBool(r.paddingFree, 'paddingFree');
+  checkBool(r.overlapGradSync, 'overlapGradSync');
+  if (r.kto !== undefined) {
+    const k = checkObject(r.kto, 'kto');
+    checkNumber(k.desirableWeight, 'desirableWeight', { minExclusive: 0 });
+    checkNumber(k.undesirableWeight, 'undesirableWeight', { minExclusive: 0 });
+  }
+  if (!r.reference && !r.refCache && !r.referenceFree && !r.lora && !(types.length === 1 && types[0] === 'sft')) {
+    fail('a reference model, a refCache, or referenceFree: true (or lora: the reference is then the policy with its adapters off)', 'reference', r.reference);
   }
   return r as ResolvedDPOOptions;
 }

@@ -17,7 +17,14 @@ at::Tensor attention_allowed(const at::Tensor& key_mask, int64_t T, int64_t wind
   auto ok = kpos <= qpos;                                              // (T, S)
   if (window > 0) ok = ok.logical_and(qpos - kpos < window);           // (T, S)
   auto keys = key_mask.to(at::kBool).unsqueeze(1);                     // (B, 1, S)
-  return ok.unsqueeze(0).logical_and(keys).unsqueeze(1);               // (B, 1, T, S)
+  auto allowed = ok.unsqueeze(0).logical_and(keys);                    // (B, T, S)
+  if (key_mask.scalar_type() != at::kBool && key_mask.max().item<int64_t>() > 1) {
+    // Segment ids: a (non-pad) query sees only keys of its own segment; pad queries keep the 0/1 rule.
+    auto seg = key_mask.to(at::kLong);                                 // (B, S)
+    auto qseg = seg.narrow(1, S - T, T).unsqueeze(2);                  // (B, T, 1)
+    allowed = allowed.logical_and(qseg.eq(0).logical_or(qseg.eq(seg.unsqueeze(1))));  // (B, T, S)
+  }
+  return allowed.unsqueeze(1);                                         // (B, 1, T, S)
 }
 
 namespace {

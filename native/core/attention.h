@@ -8,6 +8,13 @@ namespace tdpo {
 // Which keys each new query may see. key_mask (B, S) 0/1 over all S key positions (cache + new); the T queries are
 // the last T positions. Key j is visible from query i (absolute index q = S - T + i) when j <= q, key_mask[b, j] = 1
 // and, with window > 0, q - j < window. -> (B, 1, T, S) bool.
+// key_mask may hold segment ids instead (0 = pad, k >= 1 = packed sequence k): key j must then be non-pad and in
+// the query's segment (key_mask[b, j] == key_mask[b, q]), i.e. block-diagonal causal attention; a pad query keeps
+// the 0/1 rule (it sees every earlier non-pad key), so a 0/1 mask gives exactly the 0/1 result.
+// The window counts absolute indices, which equals the position difference inside a contiguous segment.
+// On libtorch >= 2 (CUDA) attend() passes this mask to at::scaled_dot_product_attention. The variable-length flash
+// kernel (cumulative sequence lengths instead of a mask) is only reachable through the private operator
+// at::_flash_attention_forward, whose signature changes between 2.x releases; it is not used (and untested here).
 at::Tensor attention_allowed(const at::Tensor& key_mask, int64_t T, int64_t window);
 
 // q (B, H, T, D), k and v (B, Hkv, S, D) with H a multiple of Hkv (query head h reads K/V head h / (H / Hkv)),

@@ -3,12 +3,14 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <c10/core/GradMode.h>
 
+#include <cmath>
 #include <filesystem>
 
 #include "causal_lm_base.h"
 #include "checkpoint_files.h"
 #include "gpt2.h"
 #include "llama.h"
+#include "lora.h"
 #include "runtime.h"
 #include "safetensors.h"
 #include "weight_map.h"
@@ -18,13 +20,27 @@ namespace tdpo {
 // ---- CausalLM ----
 
 at::Tensor CausalLM::logits(const at::Tensor& input_ids, const at::Tensor& attention_mask, KVCache* cache) {
+  require_lm_head(*this, "logits()");
   auto h = hidden_states(input_ids, attention_mask, cache);  // (B, T, H)
   auto b = lm_head_bias();
   return at::linear(h, lm_head_weight(), b ? *b : at::Tensor());  // (B, T, V)
 }
 
-c10::Device CausalLM::device() const { return lm_head_weight().device(); }
-c10::ScalarType CausalLM::dtype() const { return lm_head_weight().scalar_type(); }
+c10::Device CausalLM::device() const { return named_parameters().front().second.device(); }
+c10::ScalarType CausalLM::dtype() const { return named_parameters().front().second.scalar_type(); }
+
+c10::optional<at::Tensor> CausalLM::score_weight() const {
+  if (!has_score_head()) return c10::nullopt;
+  for (const auto& [name, t] : named_parameters())
+    if (name == "score.weight") return t;
+  TORCH_CHECK(false, "model of type '", config().model_type, "' has head 'score' but no parameter 'score.weight'");
+}
+
+void require_lm_head(const CausalLM& model, const char* what) {
+  TORCH_CHECK(!model.has_score_head(), what, " needs a language-model head, but this model is a ",
+              sequence_classification_architecture(model.config().model_type),
+              " (score head: rewards only; use score / RewardTrainer)");
+}
 
 int64_t CausalLM::num_parameters() const {
   int64_t n = 0;
@@ -37,10 +53,23 @@ void CausalLM::set_requires_grad(bool on) {
 }
 
 at::Tensor positions_from_mask(const at::Tensor& mask) {
-  return (mask.to(at::kLong).cumsum(1) - 1).clamp_min(0);  // (B, S)
+  auto m = mask.to(at::kLong);  // (B, S)
+  if (m.numel() == 0 || m.max().item<int64_t>() <= 1) return (m.cumsum(1) - 1).clamp_min(0);  // (B, S)
+  // Segment ids: a token's position is the number of earlier tokens of its segment. A stable sort groups each
+  // segment's tokens in order; the rank inside the group is the index minus the group's first index.
+  const int64_t B = m.size(0), S = m.size(1);
+  auto sorted = at::sort(m, /*stable=*/true, /*dim=*/1, /*descending=*/false);
+  auto keys = std::get<0>(sorted), order = std::get<1>(sorted);                       // (B, S) each
+  auto idx = at::arange(S, m.options()).unsqueeze(0).expand({B, S});                  // (B, S)
+  auto starts = at::ones({B, S}, m.options().dtype(at::kBool));                       // (B, S) group starts
+  if (S > 1) starts.narrow(1, 1, S - 1).copy_(keys.narrow(1, 1, S - 1).ne(keys.narrow(1, 0, S - 1)));
+  auto first = std::get<0>(at::where(starts, idx, at::zeros_like(idx)).cummax(1));   // (B, S)
+  auto pos = at::empty_like(m).scatter_(1, order, idx - first);                       // (B, S)
+  return pos.masked_fill(m.eq(0), 0);                                                 // pads -> 0
 }
 
-at::Tensor checked_mask(const at::Tensor& input_ids, const at::Tensor& attention_mask, int64_t vocab_size) {
+at::Tensor checked_mask(const at::Tensor& input_ids, const at::Tensor& attention_mask, int64_t vocab_size,
+                        bool allow_segments) {
   TORCH_CHECK(input_ids.defined() && input_ids.dim() == 2 && input_ids.size(0) > 0 && input_ids.size(1) > 0,
               "input_ids must be a non-empty (B, T) tensor, got ",
               input_ids.defined() ? c10::str(input_ids.sizes()) : std::string("undefined"));
@@ -54,7 +83,13 @@ at::Tensor checked_mask(const at::Tensor& input_ids, const at::Tensor& attention
               input_ids.sizes(), ", got ", attention_mask.sizes());
   auto m = attention_mask.to(input_ids.device(), at::kLong);
   const auto mlo = m.min().item<int64_t>(), mhi = m.max().item<int64_t>();
-  TORCH_CHECK(mlo >= 0 && mhi <= 1, "attention_mask must hold 0 or 1, got values in [", mlo, ", ", mhi, "]");
+  if (allow_segments) {
+    TORCH_CHECK(mlo >= 0, "attention_mask must hold 0 (pad) or segment ids >= 1, got values in [", mlo, ", ", mhi,
+                "]");
+  } else {
+    TORCH_CHECK(mlo >= 0 && mhi <= 1, "attention_mask must hold 0 or 1, got values in [", mlo, ", ", mhi,
+                "] (segment ids > 1 of packed sequences are accepted only by a model forward without KV cache)");
+  }
   return m;
 }
 
@@ -95,6 +130,7 @@ void CausalLMBase::to(c10::Device device, c10::ScalarType dtype) {
     const bool rg = t.requires_grad();
     t = t.detach().to(device, dtype).requires_grad_(rg);
   }
+  if (lora_) lora_->to(device, dtype);  // LoRA adapters follow the base weights
 }
 
 void CausalLMBase::init_random(uint64_t seed) {
@@ -120,7 +156,12 @@ CausalLMBase::StepInputs CausalLMBase::prepare_step(const at::Tensor& input_ids,
   StepInputs in;
   const auto dev = device();
   in.ids = input_ids.to(dev, at::kLong);
-  auto mask = checked_mask(in.ids, attention_mask, cfg_.vocab_size);  // (B, T)
+  auto mask = checked_mask(in.ids, attention_mask, cfg_.vocab_size, /*allow_segments=*/true);  // (B, T)
+  if (cache) {
+    const auto mhi = mask.max().item<int64_t>();
+    TORCH_CHECK(mhi <= 1, "a KV cache needs a 0/1 attention_mask; segment ids (packed sequences, values > 1) are "
+                "supported only without a cache, got values up to ", mhi);
+  }
   if (cache && !cache->empty()) {
     TORCH_CHECK(cache->mask.size(0) == in.ids.size(0), "KV cache holds batch size ", cache->mask.size(0),
                 " but input_ids has ", in.ids.size(0));
@@ -164,9 +205,13 @@ std::shared_ptr<CausalLMBase> construct(const ModelConfig& cfg) {
 
 }  // namespace
 
-std::shared_ptr<CausalLM> load_causal_lm(const std::string& dir, c10::Device device, c10::ScalarType dtype) {
+std::shared_ptr<CausalLM> load_causal_lm(const std::string& dir, c10::Device device, c10::ScalarType dtype,
+                                         const HeadOptions& head) {
   TORCH_CHECK(at::isFloatingType(dtype), "model dtype must be floating point, got ", dtype);
+  TORCH_CHECK(head.head.empty() || head.head == "score", "Expected head '' or 'score' but received '", head.head, "'");
   auto cfg = load_model_config(dir + "/config.json");
+  const bool convert = head.head == "score" && cfg.head != "score";  // causal LM -> reward model
+  if (convert) cfg = with_score_head(cfg);
   std::shared_ptr<CausalLMBase> model;
   try {
     model = construct(cfg);
@@ -174,7 +219,18 @@ std::shared_ptr<CausalLM> load_causal_lm(const std::string& dir, c10::Device dev
     TORCH_CHECK(false, "cannot build the model of ", dir, "/config.json: ", e.what_without_backtrace());
   }
   auto reader = CheckpointReader::open(dir);
-  load_weights(*model, reader, dir, device, dtype);
+  load_weights(*model, reader, dir, device, dtype, convert);
+  if (convert) {
+    double std = 0.02;
+    if (cfg.raw.contains("initializer_range") && cfg.raw["initializer_range"].is_number()) {
+      std = cfg.raw["initializer_range"].get<double>();
+      TORCH_CHECK(std::isfinite(std) && std > 0, "Expected a number > 0 for \"initializer_range\" but received ", std,
+                  " in ", dir, "/config.json");
+    }
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(head.seed);
+    auto w = at::normal(0.0, std, {cfg.num_labels, cfg.hidden_size}, gen, at::TensorOptions().dtype(at::kDouble));
+    model->set_parameter("score.weight", w.to(device, dtype));  // (1, H)
+  }
   model->set_requires_grad(true);
   return model;
 }

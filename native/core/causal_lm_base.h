@@ -1,6 +1,7 @@
 // CausalLMBase: the parameter bookkeeping shared by the architectures (named tensors in weight-map order).
 #pragma once
 #include <map>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -16,6 +17,13 @@ class CausalLMBase : public CausalLM {
   std::vector<std::pair<std::string, at::Tensor>> named_parameters() const override;
   void set_parameter(const std::string& name, const at::Tensor& value) override;
   void to(c10::Device device, c10::ScalarType dtype) override;
+  // LoRA hooks (defined in lora.cpp).
+  std::vector<std::pair<std::string, at::Tensor>> trainable_parameters() const override;
+  std::shared_ptr<LoraAdapters> lora() const override { return lora_; }
+  void set_lora(std::shared_ptr<LoraAdapters> adapters) override;
+  std::vector<std::string> linear_modules() const override { return linear_modules_; }
+  // The stable slot of parameter `name` (what linear() receives), nullptr when absent; for lora.cpp.
+  const at::Tensor* parameter_slot(const std::string& name);
 
   // Fills every parameter: ones for norm weights, zeros for biases, normal(0, 0.02) otherwise (float64 draws from
   // a CPU generator seeded with `seed`, so the values do not depend on device or dtype).
@@ -35,12 +43,19 @@ class CausalLMBase : public CausalLM {
   // Appends this step's (B, Hkv, T, D) keys/values of `layer` to the cache and replaces k, v by all of them.
   static void cache_append(KVCache* cache, size_t layer, at::Tensor& k, at::Tensor& v);
   static at::Tensor opt(const at::Tensor* p) { return p ? *p : at::Tensor(); }
+  // slot() of a linear layer's weight "<module>.weight", recording <module> as a LoRA target candidate.
+  at::Tensor* linear_slot(const std::string& name);
+  // x (..., in) -> (..., out) = x W^T + b through the weight slot `w` (bias slot `b` may be null), plus the LoRA
+  // path of `w` when adapters are attached and enabled (lora.cpp).
+  at::Tensor linear(const at::Tensor& x, const at::Tensor* w, const at::Tensor* b) const;
 
   ModelConfig cfg_;
 
  private:
   std::vector<std::string> order_;
   std::map<std::string, at::Tensor> params_;
+  std::vector<std::string> linear_modules_;  // LoRA-targetable modules, forward order
+  std::shared_ptr<LoraAdapters> lora_;       // null: no adapters
 };
 
 }  // namespace tdpo

@@ -137,6 +137,30 @@ void DataParallel::allreduce_sum_inplace(at::Tensor& flat) {
 #endif
 }
 
+std::function<void()> DataParallel::allreduce_sum_async(const at::Tensor& flat) {
+  TORCH_CHECK(flat.is_cpu() && flat.is_contiguous(), "allreduce_sum_async needs a contiguous CPU tensor, got ",
+              flat.device(), flat.is_contiguous() ? "" : " (not contiguous)");
+  if (env_.world_size == 1) return [] {};
+#if TDPO_HAVE_GLOO
+  std::vector<at::Tensor> v{flat};
+  c10d::AllreduceOptions ao;
+  ao.reduceOp = c10d::ReduceOp::SUM;
+  auto work = impl_->pg->allreduce(v, ao);
+  const int64_t n = flat.numel(), rank = env_.rank, world = env_.world_size;
+  const auto timeout = timeout_;
+  return [work, n, rank, world, timeout] {
+    try {
+      work->wait(timeout);
+    } catch (const std::exception& e) {
+      TORCH_CHECK(false, "all-reduce of a ", n, "-value gradient bucket failed on rank ", rank, " of ", world, ": ",
+                  message_of(e));
+    }
+  };
+#else
+  return [] {};
+#endif
+}
+
 void DataParallel::broadcast_parameters(std::vector<at::Tensor>& tensors) {
   if (env_.world_size == 1) return;
 #if TDPO_HAVE_GLOO

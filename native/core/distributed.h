@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 
 #include <chrono>
+#include <functional>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -46,6 +47,9 @@ class DataParallel {
   // Replaces each tensor by its mean over the ranks (in place; undefined tensors are skipped, and must be undefined
   // on every rank). Tensors are packed per dtype into flat buckets of at most bucket_bytes.
   void allreduce_mean(std::vector<at::Tensor> tensors, int64_t bucket_bytes = 25 << 20);
+  // Starts an all-reduce (SUM, in place) of a contiguous CPU tensor and returns at once; the returned function
+  // waits for it (bounded by the timeout; errors name the rank). The tensor must stay alive until then.
+  std::function<void()> allreduce_sum_async(const at::Tensor& flat);
   // Element-wise sums over the ranks (float64, exact for integers below 2^53); used for metrics.
   std::vector<double> allreduce_sum_double(const std::vector<double>& values);
   void barrier();

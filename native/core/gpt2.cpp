@@ -30,10 +30,11 @@ GPT2Model::GPT2Model(const ModelConfig& cfg) : CausalLMBase(cfg) {
   head_ = slot("lm_head.weight");  // nullptr when tied
   for (int64_t i = 0; i < cfg_.num_hidden_layers; ++i) {
     const std::string p = "transformer.h." + std::to_string(i) + ".";
-    layers_.push_back({slot(p + "ln_1.weight"), slot(p + "ln_1.bias"), slot(p + "attn.c_attn.weight"),
-                       slot(p + "attn.c_attn.bias"), slot(p + "attn.c_proj.weight"), slot(p + "attn.c_proj.bias"),
-                       slot(p + "ln_2.weight"), slot(p + "ln_2.bias"), slot(p + "mlp.c_fc.weight"),
-                       slot(p + "mlp.c_fc.bias"), slot(p + "mlp.c_proj.weight"), slot(p + "mlp.c_proj.bias")});
+    layers_.push_back({slot(p + "ln_1.weight"), slot(p + "ln_1.bias"), linear_slot(p + "attn.c_attn.weight"),
+                       slot(p + "attn.c_attn.bias"), linear_slot(p + "attn.c_proj.weight"),
+                       slot(p + "attn.c_proj.bias"), slot(p + "ln_2.weight"), slot(p + "ln_2.bias"),
+                       linear_slot(p + "mlp.c_fc.weight"), slot(p + "mlp.c_fc.bias"),
+                       linear_slot(p + "mlp.c_proj.weight"), slot(p + "mlp.c_proj.bias")});
   }
 }
 
@@ -50,16 +51,16 @@ at::Tensor GPT2Model::hidden_states(const at::Tensor& input_ids, const at::Tenso
   for (size_t i = 0; i < layers_.size(); ++i) {
     const auto& l = layers_[i];
     auto h = at::layer_norm(x, {H}, *l.ln1_w, *l.ln1_b, eps);                   // (B, T, H)
-    auto qkv = at::linear(h, *l.attn_w, *l.attn_b).split(H, -1);                // 3 x (B, T, H)
+    auto qkv = linear(h, l.attn_w, l.attn_b).split(H, -1);                      // 3 x (B, T, H)
     auto q = qkv[0].reshape({B, T, N, D}).transpose(1, 2);                      // (B, N, T, D)
     auto k = qkv[1].reshape({B, T, N, D}).transpose(1, 2);                      // (B, N, T, D)
     auto v = qkv[2].reshape({B, T, N, D}).transpose(1, 2);                      // (B, N, T, D)
     cache_append(cache, i, k, v);                                               // k, v: (B, N, S, D)
     auto a = attend(q, k, v, allowed, scale_);                                  // (B, T, H)
-    x = x + at::linear(a, *l.proj_w, *l.proj_b);                                // (B, T, H)
+    x = x + linear(a, l.proj_w, l.proj_b);                                      // (B, T, H)
     h = at::layer_norm(x, {H}, *l.ln2_w, *l.ln2_b, eps);
-    auto m = at::gelu(at::linear(h, *l.fc_w, *l.fc_b), gelu_approx_);          // (B, T, I)
-    x = x + at::linear(m, *l.mlp_proj_w, *l.mlp_proj_b);                        // (B, T, H)
+    auto m = at::gelu(linear(h, l.fc_w, l.fc_b), gelu_approx_);                 // (B, T, I)
+    x = x + linear(m, l.mlp_proj_w, l.mlp_proj_b);                              // (B, T, H)
   }
   return at::layer_norm(x, {H}, *lnf_w_, *lnf_b_, eps);                         // (B, T, H)
 }

@@ -24,20 +24,20 @@ LlamaModel::LlamaModel(const ModelConfig& cfg) : CausalLMBase(cfg) {
     const std::string p = "model.layers." + std::to_string(i) + ".";
     Layer l;
     l.in_norm = slot(p + "input_layernorm.weight");
-    l.q_w = slot(p + "self_attn.q_proj.weight");
+    l.q_w = linear_slot(p + "self_attn.q_proj.weight");
     l.q_b = slot(p + "self_attn.q_proj.bias");
-    l.k_w = slot(p + "self_attn.k_proj.weight");
+    l.k_w = linear_slot(p + "self_attn.k_proj.weight");
     l.k_b = slot(p + "self_attn.k_proj.bias");
-    l.v_w = slot(p + "self_attn.v_proj.weight");
+    l.v_w = linear_slot(p + "self_attn.v_proj.weight");
     l.v_b = slot(p + "self_attn.v_proj.bias");
-    l.o_w = slot(p + "self_attn.o_proj.weight");
+    l.o_w = linear_slot(p + "self_attn.o_proj.weight");
     l.o_b = slot(p + "self_attn.o_proj.bias");
     l.post_norm = slot(p + "post_attention_layernorm.weight");
-    l.gate_w = slot(p + "mlp.gate_proj.weight");
+    l.gate_w = linear_slot(p + "mlp.gate_proj.weight");
     l.gate_b = slot(p + "mlp.gate_proj.bias");
-    l.up_w = slot(p + "mlp.up_proj.weight");
+    l.up_w = linear_slot(p + "mlp.up_proj.weight");
     l.up_b = slot(p + "mlp.up_proj.bias");
-    l.down_w = slot(p + "mlp.down_proj.weight");
+    l.down_w = linear_slot(p + "mlp.down_proj.weight");
     l.down_b = slot(p + "mlp.down_proj.bias");
     l.windowed = cfg_.sliding_window > 0 && i >= first_windowed;
     layers_.push_back(l);
@@ -62,20 +62,20 @@ at::Tensor LlamaModel::hidden_states(const at::Tensor& input_ids, const at::Tens
   for (size_t i = 0; i < layers_.size(); ++i) {
     const auto& l = layers_[i];
     auto h = rms_norm(x, *l.in_norm);                                           // (B, T, H)
-    auto q = at::linear(h, *l.q_w, opt(l.q_b)).view({B, T, Hq, D}).transpose(1, 2);   // (B, Hq, T, D)
-    auto k = at::linear(h, *l.k_w, opt(l.k_b)).view({B, T, Hkv, D}).transpose(1, 2);  // (B, Hkv, T, D)
-    auto v = at::linear(h, *l.v_w, opt(l.v_b)).view({B, T, Hkv, D}).transpose(1, 2);  // (B, Hkv, T, D)
+    auto q = linear(h, l.q_w, l.q_b).view({B, T, Hq, D}).transpose(1, 2);       // (B, Hq, T, D)
+    auto k = linear(h, l.k_w, l.k_b).view({B, T, Hkv, D}).transpose(1, 2);      // (B, Hkv, T, D)
+    auto v = linear(h, l.v_w, l.v_b).view({B, T, Hkv, D}).transpose(1, 2);      // (B, Hkv, T, D)
     q = apply_rope(q, cos, sin);
     k = apply_rope(k, cos, sin);
     cache_append(cache, i, k, v);                                               // k, v: (B, Hkv, S, D)
     if (l.windowed && !allowed_window.defined())
       allowed_window = attention_allowed(in.full_mask, T, cfg_.sliding_window);
     auto a = attend(q, k, v, l.windowed ? allowed_window : allowed_full, scale);  // (B, T, Hq*D)
-    x = x + at::linear(a, *l.o_w, opt(l.o_b));                                  // (B, T, H)
+    x = x + linear(a, l.o_w, l.o_b);                                            // (B, T, H)
     h = rms_norm(x, *l.post_norm);
-    auto g = at::silu(at::linear(h, *l.gate_w, opt(l.gate_b)));                 // (B, T, I)
-    auto u = at::linear(h, *l.up_w, opt(l.up_b));                               // (B, T, I)
-    x = x + at::linear(g * u, *l.down_w, opt(l.down_b));                        // (B, T, H)
+    auto g = at::silu(linear(h, l.gate_w, l.gate_b));                           // (B, T, I)
+    auto u = linear(h, l.up_w, l.up_b);                                         // (B, T, I)
+    x = x + linear(g * u, l.down_w, l.down_b);                                  // (B, T, H)
   }
   return rms_norm(x, *norm_);                                                   // (B, T, H)
 }

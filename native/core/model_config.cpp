@@ -93,6 +93,38 @@ RopeScaling parse_rope(const json& r, const std::string& field, const std::strin
   return s;
 }
 
+// "architectures" -> head: a …ForSequenceClassification entry selects the score head, whose label count comes from
+// "id2label" (its size), else "num_labels", else transformers' default of 2; only one label (a scalar reward) is
+// supported.
+void parse_head(const Reader& rd, ModelConfig& c) {
+  if (!rd.has("architectures")) return;
+  const json& a = rd.at("architectures");
+  if (!a.is_array()) rd.bad("architectures", "an array of class names", a);
+  const std::string suffix = "ForSequenceClassification";
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (!a[i].is_string()) rd.bad("architectures[" + std::to_string(i) + "]", "a class name string", a[i]);
+    const std::string name = a[i].get<std::string>();
+    if (name.size() < suffix.size() || name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0) continue;
+    const std::string want = sequence_classification_architecture(c.model_type);
+    if (name != want) rd.bad("architectures[" + std::to_string(i) + "]", "\"" + want + "\" (model_type " + c.model_type + ")", a[i]);
+    c.head = "score";
+  }
+  if (c.head != "score") return;
+  if (rd.has("id2label")) {
+    const json& m = rd.at("id2label");
+    if (!m.is_object()) rd.bad("id2label", "an object {\"0\": label}", m);
+    c.num_labels = static_cast<int64_t>(m.size());
+    if (c.num_labels != 1)
+      rd.bad("id2label", "one label (num_labels 1: a scalar reward head; " + std::to_string(c.num_labels) + " labels given)", m);
+  } else {
+    c.num_labels = rd.opt_int("num_labels", 2, 1, kMaxSize);
+    if (c.num_labels != 1)
+      TORCH_CHECK(false, "Expected num_labels 1 (a scalar reward head) for \"num_labels\" but received ", c.num_labels,
+                  rd.has("num_labels") ? "" : " (transformers' default when neither \"id2label\" nor \"num_labels\" is given)",
+                  " in ", rd.source);
+  }
+}
+
 }  // namespace
 
 ModelConfig parse_model_config(const json& j, const std::string& source) {
@@ -194,6 +226,22 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
   // -1 (written by some converters) means none, like null.
   c.bos_token_id = rd.opt_int("bos_token_id", -1, -1, c.vocab_size - 1);
   c.pad_token_id = rd.opt_int("pad_token_id", -1, -1, c.vocab_size - 1);
+  parse_head(rd, c);
+  return c;
+}
+
+std::string sequence_classification_architecture(const std::string& model_type) {
+  if (model_type == "llama") return "LlamaForSequenceClassification";
+  if (model_type == "mistral") return "MistralForSequenceClassification";
+  if (model_type == "qwen2") return "Qwen2ForSequenceClassification";
+  if (model_type == "gpt2") return "GPT2ForSequenceClassification";
+  TORCH_CHECK(false, "no sequence-classification architecture for model_type '", model_type,
+              "' (supported: llama, mistral, qwen2, gpt2)");
+}
+
+ModelConfig with_score_head(ModelConfig c) {
+  c.head = "score";
+  c.num_labels = 1;
   return c;
 }
 
@@ -291,6 +339,14 @@ json model_config_to_json(const ModelConfig& c) {
   else j["eos_token_id"] = c.eos_token_ids;
   j["bos_token_id"] = token_or_null(c.bos_token_id);
   j["pad_token_id"] = token_or_null(c.pad_token_id);
+  if (c.head == "score") {
+    // What transformers' PretrainedConfig reads back as num_labels == 1 for the …ForSequenceClassification class.
+    TORCH_CHECK(c.num_labels == 1, "only num_labels 1 can be written, got ", c.num_labels);
+    j["architectures"] = json::array({sequence_classification_architecture(c.model_type)});
+    j["id2label"] = {{"0", "LABEL_0"}};
+    j["label2id"] = {{"LABEL_0", 0}};
+    if (j.contains("num_labels")) j["num_labels"] = 1;
+  }
   return j;
 }
 

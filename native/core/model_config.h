@@ -37,6 +37,11 @@ struct ModelConfig {
   std::string torch_dtype = "float32"; // "torch_dtype" (4.x) or "dtype" (5.x)
   std::vector<int64_t> eos_token_ids;  // eos_token_id may be an int or a list
   int64_t bos_token_id = -1, pad_token_id = -1;  // -1: absent / null
+  // Output head: "lm" (…ForCausalLM: lm_head / tied embedding) or "score" (…ForSequenceClassification: a bias-free
+  // linear score.weight (num_labels, H) read at the last non-pad token). From "architectures"; num_labels from
+  // "id2label" (its size), else "num_labels", else 2 (transformers' default). Only num_labels == 1 is supported.
+  std::string head = "lm";
+  int64_t num_labels = 1;
   nlohmann::json raw;                  // the original JSON (kept so saving writes every field back)
 };
 
@@ -48,5 +53,10 @@ ModelConfig load_model_config(const std::string& path);
 // "dtype"/"rope_parameters" when raw uses them, else 4.x "torch_dtype"/"rope_theta"/"rope_scaling"). Works with an
 // empty raw too (a config built in code): then the 4.x layout is written.
 nlohmann::json model_config_to_json(const ModelConfig& c);
+
+// "LlamaForSequenceClassification" etc.: the transformers class of a score-head model of `model_type`.
+std::string sequence_classification_architecture(const std::string& model_type);
+// `c` turned into a score-head (reward) model with one label: head "score", num_labels 1.
+ModelConfig with_score_head(ModelConfig c);
 
 }  // namespace tdpo

@@ -2,6 +2,8 @@
 
 #include <c10/util/Exception.h>
 
+#include <cmath>
+
 namespace tdpo {
 
 namespace {
@@ -42,6 +44,18 @@ TrainerConfig parse_trainer_config(const nlohmann::json& j) {
   if (loss.contains("simpoGamma")) c.loss.simpo_gamma = number(loss, "simpoGamma", "loss");
   check_dpo_config(c.loss);
 
+  if (j.contains("kto")) {
+    auto& k = j.at("kto");
+    c.kto_enabled = true;
+    c.kto.beta = number(k, "beta", "kto");
+    c.kto.desirable_weight = number(k, "desirableWeight", "kto");
+    c.kto.undesirable_weight = number(k, "undesirableWeight", "kto");
+    auto& krf = field(k, "referenceFree", "kto");
+    TORCH_CHECK(krf.is_boolean(), "trainer config: Expected a boolean for kto.referenceFree");
+    c.kto.reference_free = krf.get<bool>();
+    check_kto_config(c.kto);
+  }
+
   auto& opt = field(j, "optimizer", "config");
   c.optimizer.type = string(opt, "type", "optimizer");
   c.optimizer.weight_decay = number(opt, "weightDecay", "optimizer");
@@ -53,6 +67,22 @@ TrainerConfig parse_trainer_config(const nlohmann::json& j) {
               "trainer config: Expected 'adamw' or 'sgd' for optimizer.type but received '", c.optimizer.type, "'");
   c.fused.chunk_rows = static_cast<int64_t>(number(j, "chunkRows", "config"));
   TORCH_CHECK(c.fused.chunk_rows >= 1, "trainer config: chunkRows must be >= 1, got ", c.fused.chunk_rows);
+  if (j.contains("reward")) {
+    auto& rw = j.at("reward");
+    TORCH_CHECK(rw.is_object(), "trainer config: Expected an object for config.reward but received ", rw.dump());
+    c.reward = true;
+    const double coef = number(rw, "centerRewardsCoefficient", "reward");
+    TORCH_CHECK(coef >= 0, "trainer config: Expected a number >= 0 for reward.centerRewardsCoefficient but received ",
+                coef);
+    c.reward_options.center_rewards_coefficient = coef;
+    if (rw.contains("margin")) c.reward_options.margin = number(rw, "margin", "reward");
+    TORCH_CHECK(std::isfinite(c.reward_options.margin), "trainer config: Expected a finite number for reward.margin");
+  }
+  if (j.contains("paddingFree")) {
+    auto& pf = j.at("paddingFree");
+    TORCH_CHECK(pf.is_boolean(), "trainer config: Expected a boolean for config.paddingFree but received ", pf.dump());
+    c.padding_free = pf.get<bool>();
+  }
   return c;
 }
 

@@ -32,6 +32,19 @@ void check_dims(const ModelConfig& cfg) {
               cfg.num_hidden_layers, " num_attention_heads=", cfg.num_attention_heads, " head_dim=", cfg.head_dim);
 }
 
+// The output head: lm_head.weight (V, H) unless tied (a saved copy of the tied embedding is then ignored), or for a
+// …ForSequenceClassification model the bias-free score.weight (num_labels, H) and no lm_head at all.
+void add_head(WeightMap& m, const ModelConfig& cfg) {
+  if (cfg.head == "score") {
+    TORCH_CHECK(cfg.num_labels == 1, "a score head needs num_labels 1, got ", cfg.num_labels);
+    m.weights.push_back({"score.weight", {cfg.num_labels, cfg.hidden_size}});
+    return;
+  }
+  TORCH_CHECK(cfg.head == "lm", "Expected head 'lm' or 'score' but received '", cfg.head, "'");
+  if (!cfg.tie_word_embeddings) m.weights.push_back({"lm_head.weight", {cfg.vocab_size, cfg.hidden_size}});
+  if (cfg.tie_word_embeddings) m.ignored.push_back(R"(lm_head\.weight)");  // a saved copy of the tied embedding
+}
+
 // llama / mistral / qwen2: one table; biases follow attention_bias (q, k, v, o), qwen2 (q, k, v) and mlp_bias.
 WeightMap llama_family_map(const ModelConfig& cfg) {
   check_dims(cfg);
@@ -69,9 +82,8 @@ WeightMap llama_family_map(const ModelConfig& cfg) {
     for (const auto& r : per_layer)
       if (r.present) m.weights.push_back({layer_key(r.key, i), r.shape});
   m.weights.push_back({"model.norm.weight", {H}});
-  if (!cfg.tie_word_embeddings) m.weights.push_back({"lm_head.weight", {V, H}});
   m.ignored = {R"(model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq)", R"(model\.rotary_emb\.inv_freq)"};
-  if (cfg.tie_word_embeddings) m.ignored.push_back(R"(lm_head\.weight)");  // a saved copy of the tied embedding
+  add_head(m, cfg);
   return m;
 }
 
@@ -106,10 +118,9 @@ WeightMap gpt2_map(const ModelConfig& cfg) {
     for (const auto& r : per_layer) m.weights.push_back({layer_key(r.key, i), r.shape, r.layout});
   m.weights.push_back({"transformer.ln_f.weight", {H}});
   m.weights.push_back({"transformer.ln_f.bias", {H}});
-  if (!cfg.tie_word_embeddings) m.weights.push_back({"lm_head.weight", {V, H}});
   // The causal-mask buffers of old GPT-2 checkpoints.
   m.ignored = {R"(transformer\.h\.\d+\.attn\.bias)", R"(transformer\.h\.\d+\.attn\.masked_bias)"};
-  if (cfg.tie_word_embeddings) m.ignored.push_back(R"(lm_head\.weight)");
+  add_head(m, cfg);
   return m;
 }
 
@@ -148,7 +159,9 @@ at::Tensor to_file_layout(const WeightSpec& spec, const at::Tensor& t) {
 }
 
 void load_weights(CausalLM& model, const CheckpointReader& reader, const std::string& dir, c10::Device device,
-                  c10::ScalarType dtype) {
+                  c10::ScalarType dtype, bool causal_to_score) {
+  TORCH_CHECK(!causal_to_score || model.config().head == "score",
+              "converting a causal checkpoint to a score head needs a model with head 'score'");
   const auto& cfg = model.config();
   const auto map = weight_map(cfg);
   const bool gpt2 = cfg.model_type == "gpt2";
@@ -156,7 +169,11 @@ void load_weights(CausalLM& model, const CheckpointReader& reader, const std::st
   std::map<std::string, std::string> by_key;
   for (const auto& name : reader.names()) {
     std::string key = name;
-    if (gpt2 && name.rfind("transformer.", 0) != 0 && name.rfind("lm_head.", 0) != 0) key = "transformer." + name;
+    if (gpt2 && name.rfind("transformer.", 0) != 0 && name.rfind("lm_head.", 0) != 0 && name.rfind("score.", 0) != 0)
+      key = "transformer." + name;
+    if (causal_to_score && key == "lm_head.weight") continue;  // the causal LM's head, replaced by the score head
+    TORCH_CHECK(!causal_to_score || key != "score.weight", "checkpoint ", dir, " already holds 'score.weight' but its ",
+                "config.json describes a causal LM; fix \"architectures\" in ", dir, "/config.json");
     TORCH_CHECK(by_key.emplace(key, name).second, "checkpoint ", dir, " holds both '", by_key[key], "' and '", name,
                 "' for parameter '", key, "'");
   }
@@ -164,6 +181,7 @@ void load_weights(CausalLM& model, const CheckpointReader& reader, const std::st
     TORCH_CHECK(map.find(key) || map.is_ignored(key), "checkpoint ", dir, " has unknown key '", name,
                 "' for model_type '", cfg.model_type, "'", cfg.tie_word_embeddings ? " (tied embeddings)" : "");
   for (const auto& spec : map.weights) {
+    if (causal_to_score && spec.key == "score.weight") continue;  // initialised by the caller
     auto it = by_key.find(spec.key);
     TORCH_CHECK(it != by_key.end(), "checkpoint ", dir, " is missing key '", spec.key, "' (model_type '",
                 cfg.model_type, "', ", cfg.num_hidden_layers, " layers", cfg.tie_word_embeddings ? ", tied" : "",

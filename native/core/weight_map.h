@@ -43,8 +43,10 @@ at::Tensor to_file_layout(const WeightSpec& spec, const at::Tensor& model_tensor
 // Moves every tensor of `reader` into `model` (cast to dtype on device; zero-copy views when they already match).
 // Every parameter must be found, every key consumed or explicitly ignored, every shape must match: errors name the
 // key, the expected and received shapes, and `dir`. GPT-2 keys without the "transformer." prefix are accepted.
+// causal_to_score: `model` has a score head but the checkpoint is a causal LM's: its "lm_head.weight" (if any) is
+// dropped and "score.weight" is left for the caller to initialise.
 void load_weights(CausalLM& model, const CheckpointReader& reader, const std::string& dir, c10::Device device,
-                  c10::ScalarType dtype);
+                  c10::ScalarType dtype, bool causal_to_score = false);
 
 // The model's parameters under HF keys in file layout, cast to `dtype`, contiguous on the CPU (for writing).
 std::vector<std::pair<std::string, at::Tensor>> export_weights(const CausalLM& model, c10::ScalarType dtype);

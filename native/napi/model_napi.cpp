@@ -6,7 +6,9 @@
 
 #include "addon.h"
 #include "generate.h"
+#include "lora.h"
 #include "preference_trainer.h"
+#include "reward_head.h"
 #include "runtime.h"
 #include "seq_logprobs.h"
 
@@ -19,6 +21,11 @@ Napi::Function NativeModel::Define(Napi::Env env) {
                      {InstanceMethod("config", &NativeModel::Config), InstanceMethod("sequenceLogps", &NativeModel::SequenceLogps),
                       InstanceMethod("tokenLogps", &NativeModel::TokenLogps), InstanceMethod("generate", &NativeModel::Generate),
                       InstanceMethod("save", &NativeModel::Save), InstanceMethod("dispose", &NativeModel::Dispose),
+                      InstanceMethod("rewards", &NativeModel::Rewards),
+                      InstanceMethod("attachLora", &NativeModel::AttachLora), InstanceMethod("loadAdapter", &NativeModel::LoadAdapter),
+                      InstanceMethod("saveAdapter", &NativeModel::SaveAdapter), InstanceMethod("mergeAdapters", &NativeModel::MergeAdapters),
+                      InstanceMethod("adapterInfo", &NativeModel::AdapterInfo),
+                      InstanceMethod("baseSequenceLogps", &NativeModel::BaseSequenceLogps),
                       InstanceAccessor("disposed", &NativeModel::IsDisposed, nullptr)});
 }
 
@@ -54,22 +61,41 @@ Napi::Value NativeModel::Config(const Napi::CallbackInfo& info) {
   });
 }
 
-// sequenceLogps(inputIds, attentionMask, labels: Int32Array (rows*T), rows, T, chunkRows)
+// The (rows, T) inputIds and attentionMask at arguments 0, 1 with rows and T at rows_at, rows_at + 1.
+NativeModel::Rows NativeModel::rows_arg(const Napi::CallbackInfo& info, size_t rows_at, const char* method) {
+  Rows r;
+  r.rows = arg_int(info, rows_at, "rows");
+  r.T = arg_int(info, rows_at + 1, "T");
+  if (r.rows < 1 || r.T < 1)
+    throw Napi::RangeError::New(info.Env(), std::string("Expected rows and T >= 1 for ") + method);
+  r.ids = int32_arg(info, 0, "inputIds", {r.rows, r.T});
+  r.mask = int32_arg(info, 1, "attentionMask", {r.rows, r.T});
+  return r;
+}
+
+// sequenceLogps(inputIds, attentionMask, labels: Int32Array (rows*T), rows, T, chunkRows, paddingFree?: boolean)
 //   -> Promise<{logps: Float64Array, counts: Int32Array, logitsSum: Float64Array}>
-Napi::Value NativeModel::SequenceLogps(const Napi::CallbackInfo& info) {
-  expect_count(info, 6, "NativeModel.sequenceLogps(inputIds, attentionMask, labels, rows, T, chunkRows)");
+Napi::Value NativeModel::SequenceLogps(const Napi::CallbackInfo& info) { return LogpsImpl(info, "sequenceLogps", false); }
+
+// The body of sequenceLogps / baseSequenceLogps (adapters_off: the LoRA adapters are off for this call only).
+Napi::Value NativeModel::LogpsImpl(const Napi::CallbackInfo& info, const char* method, bool adapters_off) {
+  if (info.Length() != 7)
+    expect_count(info, 6, (std::string("NativeModel.") + method + "(inputIds, attentionMask, labels, rows, T, chunkRows, paddingFree?)").c_str());
+  const bool padding_free = info.Length() == 7 && arg_bool(info, 6, "paddingFree");
   auto env = info.Env();
   auto s = live(env, "NativeModel");
-  auto rows = arg_int(info, 3, "rows"), T = arg_int(info, 4, "T"), chunk = arg_int(info, 5, "chunkRows");
-  if (rows < 1 || T < 1 || chunk < 1) throw Napi::RangeError::New(env, "Expected rows, T and chunkRows >= 1 for sequenceLogps");
-  auto ids = int32_arg(info, 0, "inputIds", {rows, T});
-  auto mask = int32_arg(info, 1, "attentionMask", {rows, T});
-  auto labels = int32_arg(info, 2, "labels", {rows, T});
+  auto in = rows_arg(info, 3, method);
+  auto chunk = arg_int(info, 5, "chunkRows");
+  if (chunk < 1) throw Napi::RangeError::New(env, std::string("Expected chunkRows >= 1 for ") + method);
+  auto labels = int32_arg(info, 2, "labels", {in.rows, in.T});
+  auto ids = in.ids, mask = in.mask;
   return run_async<FusedLogps>(
       env, info.This().As<Napi::Object>(),
-      [s, ids, mask, labels, chunk]() {
+      [s, ids, mask, labels, chunk, padding_free, adapters_off]() {
         std::lock_guard<std::mutex> lock(s->mu);
-        return sequence_logps_nograd(*s->model, ids, mask, labels, FusedLogpsOptions{chunk});
+        std::unique_ptr<AdaptersDisabled> off;
+        if (adapters_off) off = std::make_unique<AdaptersDisabled>(*s->model);
+        return sequence_logps_nograd(*s->model, ids, mask, labels, FusedLogpsOptions{chunk}, padding_free);
       },
       [](Napi::Env e, FusedLogps& r) -> Napi::Value {
         auto o = Napi::Object::New(e);
@@ -85,14 +111,14 @@ Napi::Value NativeModel::TokenLogps(const Napi::CallbackInfo& info) {
   expect_count(info, 4, "NativeModel.tokenLogps(inputIds, attentionMask, rows, T)");
   auto env = info.Env();
   auto s = live(env, "NativeModel");
-  auto rows = arg_int(info, 2, "rows"), T = arg_int(info, 3, "T");
-  if (rows < 1 || T < 1) throw Napi::RangeError::New(env, "Expected rows and T >= 1 for tokenLogps");
-  auto ids = int32_arg(info, 0, "inputIds", {rows, T});
-  auto mask = int32_arg(info, 1, "attentionMask", {rows, T});
+  auto in = rows_arg(info, 2, "tokenLogps");
+  const int64_t rows = in.rows, T = in.T;
+  auto ids = in.ids, mask = in.mask;
   return run_async<at::Tensor>(
       env, info.This().As<Napi::Object>(),
       [s, ids, mask, rows]() {
         std::lock_guard<std::mutex> lock(s->mu);
+        require_lm_head(*s->model, "tokenLogps");
         auto dev = s->model->device();
         auto lp = sequence_token_logprobs(*s->model, ids.to(dev), mask.to(dev)).cpu();  // (rows, T-1)
         return at::cat({at::zeros({rows, 1}, lp.options()), lp}, 1);                     // (rows, T)
@@ -106,10 +132,9 @@ Napi::Value NativeModel::Generate(const Napi::CallbackInfo& info) {
   expect_count(info, 5, "NativeModel.generate(inputIds, attentionMask, rows, T, optionsJson)");
   auto env = info.Env();
   auto s = live(env, "NativeModel");
-  auto rows = arg_int(info, 2, "rows"), T = arg_int(info, 3, "T");
-  if (rows < 1 || T < 1) throw Napi::RangeError::New(env, "Expected rows and T >= 1 for generate");
-  auto ids = int32_arg(info, 0, "inputIds", {rows, T});
-  auto mask = int32_arg(info, 1, "attentionMask", {rows, T});
+  auto in = rows_arg(info, 2, "generate");
+  const int64_t rows = in.rows, T = in.T;
+  auto ids = in.ids, mask = in.mask;
   auto json = arg_string(info, 4, "optionsJson");
   GenerateOptions o = guard(env, [&]() {
     auto j = nlohmann::json::parse(json);
@@ -128,6 +153,7 @@ Napi::Value NativeModel::Generate(const Napi::CallbackInfo& info) {
       env, info.This().As<Napi::Object>(),
       [s, ids, mask, o, rows]() {
         std::lock_guard<std::mutex> lock(s->mu);
+        require_lm_head(*s->model, "generate");
         auto r = generate(*s->model, ids, mask, o);
         auto out = at::full({rows, o.max_new_tokens}, -1, at::kLong);
         auto seqs = r.sequences();
@@ -136,6 +162,24 @@ Napi::Value NativeModel::Generate(const Napi::CallbackInfo& info) {
         return out;
       },
       [](Napi::Env e, at::Tensor& r) -> Napi::Value { return to_int32_array(e, r); });
+}
+
+// rewards(inputIds, attentionMask (right padded), rows, T) -> Promise<Float64Array (rows)>: the score head at each
+// row's last token (score-head models only).
+Napi::Value NativeModel::Rewards(const Napi::CallbackInfo& info) {
+  expect_count(info, 4, "NativeModel.rewards(inputIds, attentionMask, rows, T)");
+  auto env = info.Env();
+  auto s = live(env, "NativeModel");
+  auto in = rows_arg(info, 2, "rewards");
+  const int64_t rows = in.rows, T = in.T;
+  auto ids = in.ids, mask = in.mask;
+  return run_async<at::Tensor>(
+      env, info.This().As<Napi::Object>(),
+      [s, ids, mask]() {
+        std::lock_guard<std::mutex> lock(s->mu);
+        return sequence_rewards_nograd(*s->model, ids, mask).to(at::kDouble);
+      },
+      [](Napi::Env e, at::Tensor& r) -> Napi::Value { return to_float64_array(e, r); });
 }
 
 Napi::Value NativeModel::Save(const Napi::CallbackInfo& info) {
@@ -157,18 +201,24 @@ Napi::Value NativeModel::Save(const Napi::CallbackInfo& info) {
       [](Napi::Env e, bool&) -> Napi::Value { return e.Undefined(); });
 }
 
-// loadModel(dir, device, dtype) -> Promise<NativeModel>
+// loadModel(dir, device, dtype, head?: '' | 'score', seed?) -> Promise<NativeModel>; head 'score' makes a reward model
+// (a causal checkpoint gets a new score head drawn with `seed`).
 static Napi::Value LoadModelJs(const Napi::CallbackInfo& info) {
-  expect_count(info, 3, "loadModel(dir, device, dtype)");
+  if (info.Length() != 5) expect_count(info, 3, "loadModel(dir, device, dtype, head?, seed?)");
   auto env = info.Env();
   auto dir = arg_string(info, 0, "dir");
   auto device = arg_string(info, 1, "device");
   auto dtype = arg_string(info, 2, "dtype");
+  HeadOptions head;
+  if (info.Length() == 5) {
+    head.head = arg_string(info, 3, "head");
+    head.seed = static_cast<uint64_t>(arg_int(info, 4, "seed"));
+  }
   return run_async<State>(
       env, Napi::Object::New(env),
-      [dir, device, dtype]() {
+      [dir, device, dtype, head]() {
         auto st = std::make_shared<ModelState>();
-        st->model = load_causal_lm(dir, parse_device(device), parse_dtype(dtype));
+        st->model = load_causal_lm(dir, parse_device(device), parse_dtype(dtype), head);
         st->source = dir;
         return st;
       },

@@ -30,8 +30,22 @@ class NativeModel : public Disposable<NativeModel, ModelState> {
   Napi::Value Config(const Napi::CallbackInfo& info);
   Napi::Value SequenceLogps(const Napi::CallbackInfo& info);
   Napi::Value TokenLogps(const Napi::CallbackInfo& info);
+  Napi::Value Rewards(const Napi::CallbackInfo& info);
   Napi::Value Generate(const Napi::CallbackInfo& info);
   Napi::Value Save(const Napi::CallbackInfo& info);
+  // LoRA (lora_napi.cpp)
+  Napi::Value AttachLora(const Napi::CallbackInfo& info);
+  Napi::Value LoadAdapter(const Napi::CallbackInfo& info);
+  Napi::Value SaveAdapter(const Napi::CallbackInfo& info);
+  Napi::Value MergeAdapters(const Napi::CallbackInfo& info);
+  Napi::Value AdapterInfo(const Napi::CallbackInfo& info);
+  Napi::Value BaseSequenceLogps(const Napi::CallbackInfo& info);
+  Napi::Value LogpsImpl(const Napi::CallbackInfo& info, const char* method, bool adapters_off);
+  struct Rows {
+    int64_t rows = 0, T = 0;
+    at::Tensor ids, mask;  // (rows, T) int64
+  };
+  static Rows rows_arg(const Napi::CallbackInfo& info, size_t rows_at, const char* method);
   Napi::Value Dispose(const Napi::CallbackInfo& info) { return DisposeImpl(info); }
   Napi::Value IsDisposed(const Napi::CallbackInfo& info) { return IsDisposedImpl(info); }
 };

@@ -23,6 +23,7 @@ class NativeTrainer : public Disposable<NativeTrainer, TrainerState> {
     return DefineClass(env, "NativeTrainer",
                        {InstanceMethod("accumulate", &NativeTrainer::Accumulate), InstanceMethod("evaluate", &NativeTrainer::Evaluate),
                         InstanceMethod("step", &NativeTrainer::Step),
+                        InstanceMethod("accumulateKto", &NativeTrainer::AccumulateKto), InstanceMethod("evaluateKto", &NativeTrainer::EvaluateKto),
                         InstanceMethod("saveState", &NativeTrainer::SaveState), InstanceMethod("loadState", &NativeTrainer::LoadState),
                         InstanceMethod("joinDataParallel", &NativeTrainer::JoinDataParallel),
                         InstanceMethod("allreduceSum", &NativeTrainer::AllreduceSum), InstanceMethod("barrier", &NativeTrainer::Barrier),
@@ -37,12 +38,15 @@ class NativeTrainer : public Disposable<NativeTrainer, TrainerState> {
   }
 
  private:
-  // Arguments 0..5 of accumulate()/evaluate(): inputIds, attentionMask, labels, refLogps | null, rows, T.
-  static PreferenceBatch batch_arg(const Napi::CallbackInfo& info) {
+  // Arguments 0..3 (inputIds, attentionMask, labels, refLogps | null) of a batch of `rows` (even) rows of T tokens,
+  // rows and T being the arguments at rows_at and rows_at + 1.
+  template <class Batch>
+  static Batch rows_arg(const Napi::CallbackInfo& info, size_t rows_at, const char* what) {
     auto env = info.Env();
-    auto rows = arg_int(info, 4, "rows"), T = arg_int(info, 5, "T");
-    if (rows < 2 || rows % 2 || T < 1) throw Napi::RangeError::New(env, "Expected an even rows >= 2 and T >= 1 for a preference batch");
-    PreferenceBatch b;
+    auto rows = arg_int(info, rows_at, "rows"), T = arg_int(info, rows_at + 1, "T");
+    if (rows < 2 || rows % 2 || T < 1)
+      throw Napi::RangeError::New(env, std::string("Expected an even rows >= 2 and T >= 1 for ") + what);
+    Batch b;
     b.input_ids = int32_arg(info, 0, "inputIds", {rows, T});
     b.attention_mask = int32_arg(info, 1, "attentionMask", {rows, T});
     b.labels = int32_arg(info, 2, "labels", {rows, T});
@@ -54,8 +58,18 @@ class NativeTrainer : public Disposable<NativeTrainer, TrainerState> {
         throw Napi::RangeError::New(env, "Expected " + std::to_string(rows) + " elements for refLogps but received " +
                                              std::to_string(a.ElementLength()));
       b.ref_logps = at::empty({rows}, at::kDouble);
-      std::memcpy(b.ref_logps.data_ptr<double>(), a.Data(), rows * sizeof(double));
+      std::memcpy(b.ref_logps.template data_ptr<double>(), a.Data(), rows * sizeof(double));
     }
+    return b;
+  }
+
+  // accumulate()/evaluate(): inputIds, attentionMask, labels, refLogps | null, rows, T.
+  static PreferenceBatch batch_arg(const Napi::CallbackInfo& info) { return rows_arg<PreferenceBatch>(info, 4, "a preference batch"); }
+
+  // accumulateKto()/evaluateKto(): inputIds, attentionMask, labels, refLogps | null, desirable, rows, T.
+  static KTOBatch kto_batch_arg(const Napi::CallbackInfo& info) {
+    auto b = rows_arg<KTOBatch>(info, 5, "a KTO batch");
+    b.desirable = int32_arg(info, 4, "desirable", {b.input_ids.size(0) / 2});
     return b;
   }
 
@@ -71,18 +85,19 @@ class NativeTrainer : public Disposable<NativeTrainer, TrainerState> {
     return o;
   }
 
-  // accumulate(inputIds, attentionMask, labels, refLogps: Float64Array | null, rows, T, scale) -> Promise<MicroStep>
+  // accumulate(inputIds, attentionMask, labels, refLogps: Float64Array | null, rows, T, scale, sync) -> Promise<MicroStep>
   Napi::Value Accumulate(const Napi::CallbackInfo& info) {
-    expect_count(info, 7, "NativeTrainer.accumulate(inputIds, attentionMask, labels, refLogps, rows, T, scale)");
+    expect_count(info, 8, "NativeTrainer.accumulate(inputIds, attentionMask, labels, refLogps, rows, T, scale, sync)");
     auto env = info.Env();
     auto s = live(env, "NativeTrainer");
     auto scale = arg_number(info, 6, "scale");
+    auto sync = arg_bool(info, 7, "sync");
     auto b = batch_arg(info);
     return run_async<MicroStepResult>(
         env, info.This().As<Napi::Object>(),
-        [s, b, scale]() {
+        [s, b, scale, sync]() {
           std::lock_guard<std::mutex> lock(s->model->mu);
-          return s->trainer->accumulate(b, scale);
+          return s->trainer->accumulate(b, scale, sync);
         },
         micro_to_js);
   }
@@ -100,6 +115,51 @@ class NativeTrainer : public Disposable<NativeTrainer, TrainerState> {
           return s->trainer->evaluate(b);
         },
         micro_to_js);
+  }
+
+  static Napi::Value kto_to_js(Napi::Env e, KTOMicroStepResult& r) {
+    auto o = Napi::Object::New(e);
+    o.Set("loss", Napi::Number::New(e, r.loss));
+    o.Set("kl", Napi::Number::New(e, r.kl));
+    o.Set("rewards", to_float64_array(e, r.rewards));
+    o.Set("policyLogps", to_float64_array(e, r.policy_logps));
+    o.Set("counts", to_int32_array(e, r.counts));
+    o.Set("logitsSum", to_float64_array(e, r.logits_sum));
+    o.Set("tokens", Napi::Number::New(e, static_cast<double>(r.tokens)));
+    return o;
+  }
+
+  // accumulateKto(inputIds, attentionMask, labels, refLogps | null, desirable: Int32Array, rows, T, scale, sync)
+  //   -> Promise<KtoMicroStep>
+  Napi::Value AccumulateKto(const Napi::CallbackInfo& info) {
+    expect_count(info, 9, "NativeTrainer.accumulateKto(inputIds, attentionMask, labels, refLogps, desirable, rows, T, scale, sync)");
+    auto env = info.Env();
+    auto s = live(env, "NativeTrainer");
+    auto scale = arg_number(info, 7, "scale");
+    auto sync = arg_bool(info, 8, "sync");
+    auto b = kto_batch_arg(info);
+    return run_async<KTOMicroStepResult>(
+        env, info.This().As<Napi::Object>(),
+        [s, b, scale, sync]() {
+          std::lock_guard<std::mutex> lock(s->model->mu);
+          return s->trainer->accumulate_kto(b, scale, sync);
+        },
+        kto_to_js);
+  }
+
+  // evaluateKto(inputIds, attentionMask, labels, refLogps | null, desirable, rows, T) -> Promise<KtoMicroStep>
+  Napi::Value EvaluateKto(const Napi::CallbackInfo& info) {
+    expect_count(info, 7, "NativeTrainer.evaluateKto(inputIds, attentionMask, labels, refLogps, desirable, rows, T)");
+    auto env = info.Env();
+    auto s = live(env, "NativeTrainer");
+    auto b = kto_batch_arg(info);
+    return run_async<KTOMicroStepResult>(
+        env, info.This().As<Napi::Object>(),
+        [s, b]() {
+          std::lock_guard<std::mutex> lock(s->model->mu);
+          return s->trainer->evaluate_kto(b);
+        },
+        kto_to_js);
   }
 
   // step(lr, maxGradNorm) -> Promise<{gradNorm, skipped}>
@@ -142,7 +202,7 @@ class NativeTrainer : public Disposable<NativeTrainer, TrainerState> {
   // joinDataParallel(rank, worldSize, localRank, masterAddr, masterPort, timeoutMs) -> Promise<void>: rendezvous
   // (off the JS thread) and copy of rank 0's parameters; later steps all-reduce gradients.
   Napi::Value JoinDataParallel(const Napi::CallbackInfo& info) {
-    expect_count(info, 6, "NativeTrainer.joinDataParallel(rank, worldSize, localRank, masterAddr, masterPort, timeoutMs)");
+    expect_count(info, 7, "NativeTrainer.joinDataParallel(rank, worldSize, localRank, masterAddr, masterPort, timeoutMs, overlap)");
     auto env = info.Env();
     auto s = live(env, "NativeTrainer");
     DistEnv d;
@@ -152,12 +212,13 @@ class NativeTrainer : public Disposable<NativeTrainer, TrainerState> {
     d.master_addr = arg_string(info, 3, "masterAddr");
     d.master_port = arg_int(info, 4, "masterPort");
     auto timeout_ms = arg_int(info, 5, "timeoutMs");
+    auto overlap = arg_bool(info, 6, "overlap");
     return run_async<bool>(
         env, info.This().As<Napi::Object>(),
-        [s, d, timeout_ms]() {
+        [s, d, timeout_ms, overlap]() {
           std::lock_guard<std::mutex> lock(s->model->mu);
           TORCH_CHECK(!s->trainer->data_parallel(), "this trainer already joined a data-parallel group");
-          s->trainer->set_data_parallel(std::make_shared<DataParallel>(d, std::chrono::milliseconds(timeout_ms)));
+          s->trainer->set_data_parallel(std::make_shared<DataParallel>(d, std::chrono::milliseconds(timeout_ms)), overlap);
           return true;
         },
         [](Napi::Env e, bool&) -> Napi::Value { return e.Undefined(); });
@@ -221,6 +282,9 @@ static Napi::Value CreateTrainerJs(const Napi::CallbackInfo& info) {
     auto st = std::make_shared<TrainerState>();
     st->model = model;
     st->trainer = std::make_unique<PreferenceTrainer>(model->model, cfg.loss, cfg.optimizer, cfg.fused);
+    if (cfg.reward) st->trainer->set_reward(cfg.reward_options);
+    st->trainer->set_padding_free(cfg.padding_free);
+    if (cfg.kto_enabled) st->trainer->set_kto(cfg.kto);
     return st;
   });
   auto holder = Napi::External<std::shared_ptr<TrainerState>>::New(

@@ -15,6 +15,7 @@
 #include "causal_lm.h"
 #include "distributed.h"
 #include "preference_trainer.h"
+#include "tiny_config.h"
 
 using namespace tdpo;
 using namespace std::chrono;
@@ -146,21 +147,6 @@ TEST(DistributedTwoRanks, UnreachableMasterTimesOut) {
 // rank on half of a batch gives the weights of one trainer on the whole batch (float64, so equal to ~1e-12).
 namespace {
 
-tdpo::ModelConfig tiny_llama() {
-  tdpo::ModelConfig c;
-  c.model_type = "llama";
-  c.vocab_size = 40;
-  c.hidden_size = 16;
-  c.intermediate_size = 24;
-  c.num_hidden_layers = 1;
-  c.num_attention_heads = 2;
-  c.num_key_value_heads = 2;
-  c.head_dim = 8;
-  c.max_position_embeddings = 32;
-  c.norm_eps = 1e-5;
-  c.eos_token_ids = {39};
-  return c;
-}
 
 // P pairs: rows 0..P-1 chosen, P..2P-1 rejected; T tokens, the first 2 are prompt (unscored).
 PreferenceBatch random_batch(int64_t P, int64_t T, uint64_t seed) {
@@ -185,42 +171,78 @@ PreferenceBatch halves(const PreferenceBatch& a, const PreferenceBatch& b) {  //
 
 }  // namespace
 
+// Pair i of a batch as a batch of one pair.
+PreferenceBatch pair_of(const PreferenceBatch& b, int64_t i) {
+  const int64_t P = b.input_ids.size(0) / 2;
+  auto rows = at::tensor({i, P + i}, at::kLong);
+  return PreferenceBatch{b.input_ids.index_select(0, rows), b.attention_mask.index_select(0, rows),
+                         b.labels.index_select(0, rows), b.ref_logps.index_select(0, rows)};
+}
+
+struct DPVariant {
+  const char* name;
+  bool overlap;        // all-reduce buckets during the last backward
+  int64_t micro;       // micro-batches per rank (1 or 2 pairs each)
+  int64_t bucket_bytes;
+};
+
 TEST(DistributedTrainer, TwoRanksOnHalfBatchesMatchOneTrainerOnTheWholeBatch) {
   const auto h0 = random_batch(2, 7, 1), h1 = random_batch(2, 7, 2);
   OptimizerConfig sgd;
   sgd.type = "sgd";
   // the reference: one trainer, model seed 10, the whole batch
-  auto ref_model = make_causal_lm(tiny_llama(), c10::kCPU, at::kDouble, 10);
+  auto ref_model = make_causal_lm(tiny_config("llama"), c10::kCPU, at::kDouble, 10);
   PreferenceTrainer single(ref_model, DPOLossConfig{}, sgd);
   single.accumulate(halves(h0, h1), 1.0);
   auto sr = single.step(0.5, 0.0);
   ASSERT_GT(sr.grad_norm, 1e-4);
 
-  const int port = free_port();
-  std::vector<std::shared_ptr<CausalLM>> models(2);
-  std::vector<double> norms(2);
-  auto body = [&](int64_t rank) {
-    models[rank] = make_causal_lm(tiny_llama(), c10::kCPU, at::kDouble, rank == 0 ? 10 : 99);  // rank 1 starts elsewhere
-    PreferenceTrainer t(models[rank], DPOLossConfig{}, sgd);
-    t.set_data_parallel(std::make_shared<DataParallel>(env_for(rank, 2, port), milliseconds(20000)));
-    t.accumulate(rank == 0 ? h0 : h1, 1.0);
-    norms[rank] = t.step(0.5, 0.0).grad_norm;
-  };
-  auto f0 = std::async(std::launch::async, body, 0);
-  auto f1 = std::async(std::launch::async, body, 1);
-  f0.get();
-  f1.get();
-  EXPECT_NEAR(norms[0], sr.grad_norm, 1e-10 * sr.grad_norm);
-  EXPECT_EQ(norms[0], norms[1]);
-  auto want = ref_model->named_parameters();
-  for (int r = 0; r < 2; ++r) {
-    auto got = models[r]->named_parameters();
-    ASSERT_EQ(got.size(), want.size());
-    for (auto& [name, w] : want) {
-      auto it = std::find_if(got.begin(), got.end(), [&](auto& kv) { return kv.first == name; });
-      ASSERT_NE(it, got.end()) << name;
-      double err = (it->second - w).abs().max().item<double>();
-      EXPECT_LT(err, 1e-12) << "rank " << r << " " << name;
+  for (const DPVariant& v : {DPVariant{"all-reduce at step()", false, 1, 25 << 20},
+                             DPVariant{"overlapped, 512-byte buckets", true, 1, 512},
+                             DPVariant{"overlapped, 2 micro-batches, 4 KiB buckets", true, 2, 4096}}) {
+    SCOPED_TRACE(v.name);
+    const int port = free_port();
+    std::vector<std::shared_ptr<CausalLM>> models(2);
+    std::vector<double> norms(2);
+    std::vector<int64_t> buckets(2, 0), early(2, 0);
+    auto body = [&](int64_t rank) {
+      models[rank] = make_causal_lm(tiny_config("llama"), c10::kCPU, at::kDouble, rank == 0 ? 10 : 99);  // rank 1 starts elsewhere
+      PreferenceTrainer t(models[rank], DPOLossConfig{}, sgd);
+      t.set_data_parallel(std::make_shared<DataParallel>(env_for(rank, 2, port), milliseconds(20000)), v.overlap,
+                          v.bucket_bytes);
+      const auto& h = rank == 0 ? h0 : h1;
+      if (v.micro == 1) {
+        t.accumulate(h, 1.0, /*sync=*/true);
+      } else {
+        t.accumulate(pair_of(h, 0), 0.5, false);
+        t.accumulate(pair_of(h, 1), 0.5, true);
+      }
+      if (t.grad_sync()) {
+        buckets[rank] = t.grad_sync()->buckets();
+        early[rank] = t.grad_sync()->started_during_backward();
+      }
+      norms[rank] = t.step(0.5, 0.0).grad_norm;
+    };
+    auto f0 = std::async(std::launch::async, body, 0);
+    auto f1 = std::async(std::launch::async, body, 1);
+    f0.get();
+    f1.get();
+    EXPECT_NEAR(norms[0], sr.grad_norm, 1e-10 * sr.grad_norm);
+    EXPECT_EQ(norms[0], norms[1]);
+    if (v.overlap) {
+      EXPECT_GT(buckets[0], 3);                // several buckets
+      EXPECT_EQ(early[0], buckets[0]);         // every one started inside the backward
+    }
+    auto want = ref_model->named_parameters();
+    for (int r = 0; r < 2; ++r) {
+      auto got = models[r]->named_parameters();
+      ASSERT_EQ(got.size(), want.size());
+      for (auto& [name, w] : want) {
+        auto it = std::find_if(got.begin(), got.end(), [&](auto& kv) { return kv.first == name; });
+        ASSERT_NE(it, got.end()) << name;
+        double err = (it->second - w).abs().max().item<double>();
+        EXPECT_LT(err, 1e-12) << "rank " << r << " " << name;
+      }
     }
   }
 }

@@ -7,6 +7,7 @@ import * as path from 'node:path';
 import { spawn, spawnSync } from 'node:child_process';
 import { CLI, compareWeights, latest, makeModelDir, pairRecords, readWeights, ROOT, runCli, tmpDir, writeJsonl } from './helpers/fixtures';
 import { readDistEnv } from '../../lib/trainer/distributed';
+import { orderedExamples } from '../../lib/trainer/data_source';
 
 const work = tmpDir('distributed');
 let policyDir = '';
@@ -173,4 +174,56 @@ test.serial('2 ranks stopped by SIGINT and resumed end with the weights of an un
   const cmp = compareWeights(readWeights(latest(out)), readWeights(latest(full)));
   t.true(cmp.maxRel <= 1e-6, `resumed vs uninterrupted differ by ${cmp.maxRel}`);
   t.is(path.basename(latest(out)), `checkpoint-${steps}`);
+});
+
+// Resume onto another world size: a checkpoint counts examples over all ranks, so a run saved by 2 ranks × batch 2
+// continues in 1 process × batch 4 (the same global batch) and the reverse, ending with the weights of the
+// uninterrupted run; AdamW's moments travel in the checkpoint.
+test.serial('checkpoints resume on a different world size (2 ranks -> 1 process and 1 -> 2) with the uninterrupted weights', async (t) => {
+  const adam = ['--optimizer', 'adamw', '--learning-rate', '0.01', '--save-steps', '1'];
+  const env = { TORCH_DPO_DIST_TIMEOUT_MS: '60000' };
+  const two = path.join(work, 'ws-two');
+  const r2 = run(['launch', '--nproc', '2', '--master-port', String(await freePort()), '--', 'train', ...common(two), ...adam, '--batch-size', '2'], env);
+  t.is(r2.code, 0, r2.stderr);
+  const one = path.join(work, 'ws-one');
+  const r1 = run(['train', ...common(one), ...adam, '--batch-size', '4']);
+  t.is(r1.code, 0, r1.stderr);
+  const twoThenOne = path.join(work, 'ws-2to1');
+  const a = run(['train', ...common(twoThenOne), ...adam, '--batch-size', '4', '--resume', path.join(two, 'checkpoint-1')]);
+  t.is(a.code, 0, a.stderr);
+  const oneThenTwo = path.join(work, 'ws-1to2');
+  const b = run(['launch', '--nproc', '2', '--master-port', String(await freePort()), '--', 'train', ...common(oneThenTwo), ...adam, '--batch-size', '2', '--resume', path.join(one, 'checkpoint-1')], env);
+  t.is(b.code, 0, b.stderr);
+  const moved = compareWeights(readWeights(path.join(two, 'checkpoint-2')), readWeights(path.join(two, 'checkpoint-1')));
+  t.true(moved.maxRel > 1e-3, `the second step must change the weights (${moved.maxRel})`);
+  for (const [name, resumed, full] of [['2 -> 1', twoThenOne, two], ['1 -> 2', oneThenTwo, one]] as const) {
+    t.is(path.basename(latest(resumed)), 'checkpoint-2');
+    const cmp = compareWeights(readWeights(latest(resumed)), readWeights(path.join(full, 'checkpoint-2')));
+    t.log(`${name}: max relative weight difference to the uninterrupted run ${cmp.maxRel.toExponential(2)}`);
+    t.true(cmp.maxRel <= 1e-5, `${name}: ${cmp.maxRel}`);
+    const st = JSON.parse(fs.readFileSync(path.join(latest(resumed), 'trainer_state.json'), 'utf8'));
+    t.is(st.examplesInEpoch, 8);
+  }
+});
+
+test('sharding: every example once per epoch across ranks; a skip that is not a multiple of the world size starts at the next group', async (t) => {
+  async function* ten() {
+    for (let i = 0; i < 10; i++) yield { v: i };
+  }
+  const o = { shuffle: false, shuffleBufferSize: 1, seed: 0, data: 'mem' };
+  const take = async (rank: number, W: number, skip: number) => {
+    const got: number[] = [];
+    for await (const e of orderedExamples(ten(), o, 0, skip, { rank, worldSize: W })) {
+      t.is(e.index, e.v);
+      got.push(e.v);
+    }
+    return got;
+  };
+  t.deepEqual(await take(0, 3, 0), [0, 3, 6]); // 10 = 3 groups of 3 + 1 dropped
+  t.deepEqual(await take(1, 3, 0), [1, 4, 7]);
+  t.deepEqual(await take(2, 3, 0), [2, 5, 8]);
+  // a checkpoint of a 1-process run after 3 examples, resumed on 2 ranks: both start at example 4
+  t.deepEqual(await take(0, 2, 3), [4, 6, 8]);
+  t.deepEqual(await take(1, 2, 3), [5, 7, 9]);
+  t.deepEqual(await take(0, 1, 3), [3, 4, 5, 6, 7, 8, 9]);
 });

@@ -73,6 +73,17 @@ for (const [name, create] of [
     const r = metrics[0]['rewards/chosen'], lp = metrics[0]['logps/chosen'];
     if (name.startsWith('ORPO') || name.includes('simpo')) t.true(r < 0 && Math.abs(r) < 0.5 * beta * Math.abs(lp), `reward ${r}, logps ${lp}`);
     if (name.includes('sigmoid')) t.true(Math.abs(r - beta * lp) <= 1e-5 * Math.abs(r), `reward ${r}, logps ${lp}`);
+    if (name.startsWith('ORPO')) {
+      // TRL's ORPO metrics, computed in TS from the per-pair log-probs, must add up to the native loss:
+      // loss = nll_loss − λ·log_odds_ratio for one micro-batch per logged step (λ = 0.5 here).
+      for (const m of metrics) {
+        t.true(m.log_odds_ratio < 0 && Number.isFinite(m.log_odds_chosen) && m.nll_loss > 0, JSON.stringify(m));
+        t.true(Math.abs(m.loss - (m.nll_loss - 0.5 * m.log_odds_ratio)) < 1e-4 * m.loss, `loss ${m.loss} vs nll ${m.nll_loss} − 0.5·${m.log_odds_ratio}`);
+      }
+      t.true(metrics[7].log_odds_chosen > metrics[0].log_odds_chosen, 'training raises the log odds of the chosen completions');
+    } else {
+      t.false('log_odds_ratio' in metrics[0]);
+    }
   });
 }
 

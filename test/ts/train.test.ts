@@ -6,7 +6,7 @@ import * as path from 'node:path';
 import { spawn } from 'node:child_process';
 import { DPOTrainer } from '../../lib/trainer/dpo_trainer';
 import { DPOTrainerOptions } from '../../lib/trainer/options';
-import { checkSgdStepAgainstFloat64, compareWeights, CLI, havePythonTorch, latest, makeModelDir, pairRecords, readWeights, runCli, tmpDir, writeJsonl } from './helpers/fixtures';
+import { checkSgdStepAgainstFloat64, compareWeights, CLI, havePythonTorch, latest, makeModelDir, pairRecords, readWeights, runCli, tmpDir, writeJsonl , trainToEnd } from './helpers/fixtures';
 
 const work = tmpDir('train');
 let policyDir = '';
@@ -19,15 +19,8 @@ test.before(async () => {
   data = writeJsonl(path.join(work, 'pairs.jsonl'), pairRecords(24, 5));
 });
 
-async function train(opts: Partial<DPOTrainerOptions> & { outputDir: string }) {
-  const t = await DPOTrainer.create({ policy: policyDir, data, beta: 0.1, loggingSteps: 1, saveSteps: 0, ...opts } as DPOTrainerOptions);
-  const metrics = [];
-  try {
-    for await (const m of t.train()) metrics.push(m);
-  } finally {
-    await t[Symbol.asyncDispose]();
-  }
-  return { metrics, weights: readWeights(latest(opts.outputDir)) };
+function train(opts: Partial<DPOTrainerOptions> & { outputDir: string }) {
+  return trainToEnd({ policy: policyDir, data, beta: 0.1, loggingSteps: 1, saveSteps: 0, ...opts } as DPOTrainerOptions);
 }
 
 for (const variant of [
@@ -56,6 +49,16 @@ test.serial('gradient accumulation: batch 1 x accumulate 4 equals batch 4 x 1', 
   t.true(moved.maxRel > 1e-3);
   t.true(c.maxRel < 1e-5, `max relative difference ${c.maxRel}`);
   for (let i = 0; i < 3; i++) t.true(Math.abs(a.metrics[i].loss - b.metrics[i].loss) < 1e-5, `step ${i + 1} loss ${a.metrics[i].loss} vs ${b.metrics[i].loss}`);
+});
+
+test.serial('an epoch whose last micro-batches do not fill an accumulation window ends with a step of its own', async (t) => {
+  // 24 pairs, batch 5: micro-batches of 5, 5, 5, 5, 4; accumulating 2: steps after micro-batches 2, 4 and 5
+  const r = await train({ reference: refDir, perDeviceTrainBatchSize: 5, gradientAccumulationSteps: 2, numTrainEpochs: 2, shuffle: false, learningRate: 1e-3, outputDir: path.join(work, 'acc-epoch') });
+  const steps = r.metrics.filter((m) => !('eval_loss' in m)).map((m) => m.step);
+  t.deepEqual(steps, [1, 2, 3, 4, 5, 6]);
+  const st = JSON.parse(fs.readFileSync(path.join(latest(path.join(work, 'acc-epoch')), 'trainer_state.json'), 'utf8'));
+  t.is(st.totalSteps, 6);
+  t.is(st.step, 6);
 });
 
 test.serial('training from the reference cache gives exactly the weights of training with the reference model', async (t) => {

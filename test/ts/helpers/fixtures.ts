@@ -5,6 +5,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { Model } from '../../../lib/model';
+import { DPOTrainer } from '../../../lib/trainer/dpo_trainer';
+import type { DPOTrainerOptions } from '../../../lib/trainer/options';
 import { mulberry32 } from '../../../lib/data/shuffle';
 import { promptText, sampleReview, TOPICS } from '../../../lib/demo/sentiment_task';
 
@@ -130,4 +132,16 @@ export function checkSgdStepAgainstFloat64(
   t.true(res.grad_norm > 1e-3, 'the gradient must not be trivial');
   t.true(res.rel_err < 1e-4, `relative gradient error ${res.rel_err}`);
   t.true(Math.abs(logged.loss - res.loss) <= 1e-5 * Math.max(1, Math.abs(res.loss)), `loss ${logged.loss} vs ${res.loss}`);
+}
+
+/** Runs a DPOTrainer to the end (disposing it) and returns every yielded metrics row and the final weights. */
+export async function trainToEnd(opts: DPOTrainerOptions): Promise<{ metrics: Record<string, number>[]; weights: Map<string, Float32Array> }> {
+  const t = await DPOTrainer.create(opts);
+  const metrics: Record<string, number>[] = [];
+  try {
+    for await (const m of t.train()) metrics.push(m);
+  } finally {
+    await t[Symbol.asyncDispose]();
+  }
+  return { metrics, weights: readWeights(latest(opts.outputDir)) };
 }

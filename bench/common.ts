@@ -1,0 +1,43 @@
+// Shared by the benchmark scripts: numeric flags, the random Llama they measure, and a saved model directory with a
+// placeholder tokenizer (the trainer needs one; benchmark data is pre-tokenized).
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { Model } from '../lib/model';
+
+/** The number after `--name` on the command line, else `def`. */
+export function arg(name: string, def: number): number {
+  const i = process.argv.indexOf(`--${name}`);
+  return i > 0 ? Number(process.argv[i + 1]) : def;
+}
+
+export interface BenchModelSize {
+  hidden: number;
+  layers: number;
+  vocab: number;
+}
+
+/** A Llama config.json object: 8 query / 4 KV heads, SwiGLU width ≈ 8/3·hidden, untied head, float32. */
+export function benchLlamaConfig(m: BenchModelSize): Record<string, unknown> {
+  return {
+    model_type: 'llama', vocab_size: m.vocab, hidden_size: m.hidden, intermediate_size: Math.round((m.hidden * 8) / 3 / 8) * 8,
+    num_hidden_layers: m.layers, num_attention_heads: 8, num_key_value_heads: 4, max_position_embeddings: 4096, rms_norm_eps: 1e-6,
+    rope_theta: 10000, tie_word_embeddings: false, hidden_act: 'silu', bos_token_id: 1, eos_token_id: 2, pad_token_id: 0, torch_dtype: 'float32',
+  };
+}
+
+/** Saves a random (seed 1) bench Llama with a WordPiece tokenizer over placeholder words into `dir`; returns `dir`. */
+export async function writeBenchModel(dir: string, m: BenchModelSize): Promise<string> {
+  {
+    await using model = await Model.create(benchLlamaConfig(m), { seed: 1 });
+    await model.save(dir);
+  }
+  const vocab: Record<string, number> = { '<pad>': 0, '<bos>': 1, '<eos>': 2, '<unk>': 3 };
+  for (let i = 4; i < m.vocab; i++) vocab[`w${i}`] = i;
+  fs.writeFileSync(path.join(dir, 'tokenizer.json'), JSON.stringify({
+    version: '1.0', added_tokens: ['<pad>', '<bos>', '<eos>', '<unk>'].map((c, id) => ({ id, content: c, single_word: false, lstrip: false, rstrip: false, normalized: false, special: true })),
+    normalizer: null, pre_tokenizer: { type: 'WhitespaceSplit' }, post_processor: null, decoder: { type: 'WordPiece', prefix: '##', cleanup: false },
+    model: { type: 'WordPiece', unk_token: '<unk>', continuing_subword_prefix: '##', max_input_chars_per_word: 100, vocab },
+  }));
+  fs.writeFileSync(path.join(dir, 'tokenizer_config.json'), JSON.stringify({ bos_token: '<bos>', eos_token: '<eos>', pad_token: '<pad>', unk_token: '<unk>' }));
+  return dir;
+}
