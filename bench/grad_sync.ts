@@ -35,7 +35,7 @@ async function child(mode: string, rank: number, port: number): Promise<void> {
   for (let i = 0; i < cfg.warmup + cfg.steps; i++) {
     if (mode !== 'single') await callNative('barrier', () => trainer.barrier()); // start each step together
     const t0 = process.hrtime.bigint();
-    await callNative('accumulate', () => trainer.accumulate(ids, mask, labels, null, rows, T, 1, true));
+    await callNative('accumulate', () => trainer.accumulate(ids, mask, labels, null, rows, T, 1, true, null));
     await callNative('step', () => trainer.step(1e-4, 1));
     if (i >= cfg.warmup) ms.push(Number(process.hrtime.bigint() - t0) / 1e6);
   }

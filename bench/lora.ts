@@ -42,7 +42,7 @@ async function child(variant: string, dir: string): Promise<void> {
   const times: number[] = [];
   for (let i = 0; i < cfg.warmup + cfg.steps; i++) {
     const t0 = process.hrtime.bigint();
-    await callNative('accumulate', () => trainer.accumulate(ids, mask, labels, null, rows, T, 1, false));
+    await callNative('accumulate', () => trainer.accumulate(ids, mask, labels, null, rows, T, 1, false, null));
     await callNative('step', () => trainer.step(1e-4, 1));
     if (i >= cfg.warmup) times.push(Number(process.hrtime.bigint() - t0) / 1e6);
   }

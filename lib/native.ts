@@ -69,9 +69,10 @@ export interface NativeKtoMicroStep {
 
 /** The training step over a policy model (native/napi/trainer_napi.cpp). */
 export interface NativeTrainerHandle {
-  /** sync: the last micro-batch before step(); with data parallelism its backward all-reduces gradient buckets as they become ready. */
-  accumulate(inputIds: Int32Array, attentionMask: Int32Array, labels: Int32Array, refLogps: Float64Array | null, rows: number, T: number, scale: number, sync: boolean): Promise<NativeMicroStep>;
-  evaluate(inputIds: Int32Array, attentionMask: Int32Array, labels: Int32Array, refLogps: Float64Array | null, rows: number, T: number): Promise<NativeMicroStep>;
+  /** sync: the last micro-batch before step(); with data parallelism its backward all-reduces gradient buckets as they become ready.
+   *  margins: (P) per-pair margins of a reward model's loss −log σ(r_w − r_l − m), or null (the trainer's margin). */
+  accumulate(inputIds: Int32Array, attentionMask: Int32Array, labels: Int32Array, refLogps: Float64Array | null, rows: number, T: number, scale: number, sync: boolean, margins: Float64Array | null): Promise<NativeMicroStep>;
+  evaluate(inputIds: Int32Array, attentionMask: Int32Array, labels: Int32Array, refLogps: Float64Array | null, rows: number, T: number, margins: Float64Array | null): Promise<NativeMicroStep>;
   /** KTO (a trainer whose config has "kto"): rows = 2N (N examples, then N mismatched pairs), desirable (N) 0/1. */
   accumulateKto(inputIds: Int32Array, attentionMask: Int32Array, labels: Int32Array, refLogps: Float64Array | null, desirable: Int32Array, rows: number, T: number, scale: number, sync: boolean): Promise<NativeKtoMicroStep>;
   evaluateKto(inputIds: Int32Array, attentionMask: Int32Array, labels: Int32Array, refLogps: Float64Array | null, desirable: Int32Array, rows: number, T: number): Promise<NativeKtoMicroStep>;

@@ -37,6 +37,8 @@ export interface PairBatch {
   T: number;
   /** number of pairs B (rows = 2B) */
   size: number;
+  /** (B) the records' "margin" fields (NaN where a record has none), or null when no record of the batch has one */
+  margins: Float64Array | null;
   examples: PreferenceExample[];
 }
 
@@ -103,7 +105,8 @@ export function collatePairs(examples: PreferenceExample[], padTokenId: number, 
     ...examples.map((e) => ({ prompt: e.prompt_ids, completion: e.chosen_ids })),
     ...examples.map((e) => ({ prompt: e.prompt_ids, completion: e.rejected_ids })),
   ];
-  return { ...packRows(rows, padTokenId, padToMultipleOf), size: examples.length, examples };
+  const margins = examples.some((e) => e.margin !== undefined) ? Float64Array.from(examples, (e) => e.margin ?? NaN) : null;
+  return { ...packRows(rows, padTokenId, padToMultipleOf), size: examples.length, margins, examples };
 }
 
 /** Builds one unpaired (KTO) batch. */

@@ -6,6 +6,7 @@
 //   implicit        {"chosen": [msg], "rejected": [msg]}   full conversations; prompt = longest common message
 //                   prefix, each completion = the messages after it
 //   tokenized       {"prompt_ids": [int], "chosen_ids": [int], "rejected_ids": [int]}
+//   (any of the pair formats may carry a numeric "margin", used by reward-model training)
 //   unpaired (KTO)  {"prompt": str|[msg], "completion": str|[msg], "label": bool}, or prompt_ids/completion_ids
 //
 // Tokenization conventions (the same as TRL's preference trainers):
@@ -26,7 +27,7 @@
 import type { Tokenizer } from '../tokenizer';
 import type { ChatMessage } from '../chat_template';
 import { checkMessages } from '../chat_template';
-import { ValidationError, checkBool, checkObject, checkString, checkTokenIds, fail } from '../validate';
+import { ValidationError, checkBool, checkNumber, checkObject, checkString, checkTokenIds, fail } from '../validate';
 
 export type RecordFormat = 'standard' | 'conversational' | 'implicit' | 'tokenized' | 'unpaired';
 export const RECORD_FORMATS: readonly RecordFormat[] = ['standard', 'conversational', 'implicit', 'tokenized', 'unpaired'];
@@ -35,6 +36,8 @@ export interface PreferenceExample {
   prompt_ids: number[];
   chosen_ids: number[];
   rejected_ids: number[];
+  /** The record's optional "margin" (reward-model training: −log σ(r_w − r_l − margin)). */
+  margin?: number;
 }
 
 export interface UnpairedExample {
@@ -143,6 +146,12 @@ export function tokenizeRecord(value: unknown, tok: Tokenizer, location: string,
 
 function tokenizeRecordUnchecked(value: unknown, tok: Tokenizer, opts: FormatOptions): TokenizedExample | null {
   const rec = checkObject(value, 'the record');
+  const ex = tokenizeByFormat(rec, tok, opts);
+  if (ex !== null && isPreference(ex) && rec.margin !== undefined && rec.margin !== null) ex.margin = checkNumber(rec.margin, 'margin');
+  return ex;
+}
+
+function tokenizeByFormat(rec: Record<string, unknown>, tok: Tokenizer, opts: FormatOptions): TokenizedExample | null {
   const format = opts.format ?? detectFormat(rec);
   const roles = opts.roles ?? DEFAULT_ROLES;
   const appendEos = opts.appendEos ?? true;

@@ -171,11 +171,20 @@ export class DPOTrainer implements AsyncDisposable {
       );
       (w as KTOMetricWindow).addKto(r, b.desirable);
     } else {
+      const margins = this.rewardMargins(b);
       const r = await callNative(what, () =>
-        train ? n.accumulate(b.inputIds, b.attentionMask, b.labels, ref, 2 * b.size, b.T, scale, sync) : n.evaluate(b.inputIds, b.attentionMask, b.labels, ref, 2 * b.size, b.T),
+        train ? n.accumulate(b.inputIds, b.attentionMask, b.labels, ref, 2 * b.size, b.T, scale, sync, margins) : n.evaluate(b.inputIds, b.attentionMask, b.labels, ref, 2 * b.size, b.T, margins),
       );
       (w as PairMetricWindow).addMicro(r);
     }
+  }
+
+  /** A reward model's per-pair margins: the records' "margin" fields, the trainer's margin where a record has none;
+   *  null when no record of the batch has one (the native loss then uses the trainer's margin). */
+  private rewardMargins(b: PairBatch): Float64Array | null {
+    const r = this.options.reward;
+    if (!r || !b.margins) return null;
+    return b.margins.map((m) => (Number.isNaN(m) ? r.margin : m));
   }
 
   /**

@@ -13,7 +13,7 @@ export interface RewardTrainerOptions extends ReferenceFreeBaseOptions {
    *  zero; default none (0). */
   centerRewardsCoefficient?: number | null;
   /** m in −log σ(r_w − r_l − m), the same for every pair (a finite number; the reward gap the model must exceed);
-   *  default 0. Per-record margins are not read from data files yet. */
+   *  default 0. A record's own numeric "margin" field takes precedence for that pair. */
   margin?: number;
 }
 

@@ -63,8 +63,23 @@ class NativeTrainer : public Disposable<NativeTrainer, TrainerState> {
     return b;
   }
 
-  // accumulate()/evaluate(): inputIds, attentionMask, labels, refLogps | null, rows, T.
-  static PreferenceBatch batch_arg(const Napi::CallbackInfo& info) { return rows_arg<PreferenceBatch>(info, 4, "a preference batch"); }
+  // accumulate()/evaluate(): inputIds, attentionMask, labels, refLogps | null, rows, T, ..., and at margins_at the
+  // reward-model margins: a Float64Array (P) or null.
+  static PreferenceBatch batch_arg(const Napi::CallbackInfo& info, size_t margins_at) {
+    auto b = rows_arg<PreferenceBatch>(info, 4, "a preference batch");
+    const int64_t P = b.input_ids.size(0) / 2;
+    if (!info[margins_at].IsNull()) {
+      if (!info[margins_at].IsTypedArray() || info[margins_at].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array)
+        throw_type(info.Env(), "a Float64Array or null", "margins", info[margins_at]);
+      auto a = info[margins_at].As<Napi::Float64Array>();
+      if (static_cast<int64_t>(a.ElementLength()) != P)
+        throw Napi::RangeError::New(info.Env(), "Expected " + std::to_string(P) + " elements for margins but received " +
+                                                    std::to_string(a.ElementLength()));
+      b.margins = at::empty({P}, at::kDouble);
+      std::memcpy(b.margins.data_ptr<double>(), a.Data(), P * sizeof(double));
+    }
+    return b;
+  }
 
   // accumulateKto()/evaluateKto(): inputIds, attentionMask, labels, refLogps | null, desirable, rows, T.
   static KTOBatch kto_batch_arg(const Napi::CallbackInfo& info) {
@@ -85,14 +100,15 @@ class NativeTrainer : public Disposable<NativeTrainer, TrainerState> {
     return o;
   }
 
-  // accumulate(inputIds, attentionMask, labels, refLogps: Float64Array | null, rows, T, scale, sync) -> Promise<MicroStep>
+  // accumulate(inputIds, attentionMask, labels, refLogps: Float64Array | null, rows, T, scale, sync, margins | null)
+  //   -> Promise<MicroStep>
   Napi::Value Accumulate(const Napi::CallbackInfo& info) {
-    expect_count(info, 8, "NativeTrainer.accumulate(inputIds, attentionMask, labels, refLogps, rows, T, scale, sync)");
+    expect_count(info, 9, "NativeTrainer.accumulate(inputIds, attentionMask, labels, refLogps, rows, T, scale, sync, margins)");
     auto env = info.Env();
     auto s = live(env, "NativeTrainer");
     auto scale = arg_number(info, 6, "scale");
     auto sync = arg_bool(info, 7, "sync");
-    auto b = batch_arg(info);
+    auto b = batch_arg(info, 8);
     return run_async<MicroStepResult>(
         env, info.This().As<Napi::Object>(),
         [s, b, scale, sync]() {
@@ -102,12 +118,12 @@ class NativeTrainer : public Disposable<NativeTrainer, TrainerState> {
         micro_to_js);
   }
 
-  // evaluate(inputIds, attentionMask, labels, refLogps | null, rows, T) -> Promise<MicroStep> (no gradients)
+  // evaluate(inputIds, attentionMask, labels, refLogps | null, rows, T, margins | null) -> Promise<MicroStep> (no gradients)
   Napi::Value Evaluate(const Napi::CallbackInfo& info) {
-    expect_count(info, 6, "NativeTrainer.evaluate(inputIds, attentionMask, labels, refLogps, rows, T)");
+    expect_count(info, 7, "NativeTrainer.evaluate(inputIds, attentionMask, labels, refLogps, rows, T, margins)");
     auto env = info.Env();
     auto s = live(env, "NativeTrainer");
-    auto b = batch_arg(info);
+    auto b = batch_arg(info, 6);
     return run_async<MicroStepResult>(
         env, info.This().As<Napi::Object>(),
         [s, b]() {

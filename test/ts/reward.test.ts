@@ -64,6 +64,33 @@ test.serial('a causal LM loads as a reward model: lm_head dropped, score head dr
   }
 });
 
+test.serial('per-record "margin" fields: one SGD step reproduces the float64 gradient with those margins (records without one take --margin)', (t) => {
+  if (!havePythonTorch(t)) return t.pass();
+  const out = path.join(work, 'sgd-record-margins');
+  const six = writeJsonl(path.join(work, 'six-m.jsonl'), pairRecords(6, 11));
+  const tok = tokenized(rmDir, six, path.join(work, 'six-m.tok.jsonl'));
+  const own = [0.5, -0.25, 1.0, undefined, 0.75, undefined]; // two records without a margin: --margin 0.3 applies
+  const lines = fs.readFileSync(tok, 'utf8').trim().split('\n').map((l, i) => {
+    const { index: _index, ...r } = JSON.parse(l);
+    return JSON.stringify(own[i] === undefined ? r : { ...r, margin: own[i] });
+  });
+  const withMargins = path.join(work, 'six-m.margins.jsonl');
+  fs.writeFileSync(withMargins, lines.join('\n') + '\n');
+  const r = runCli(['reward', '--policy', rmDir, '--data', withMargins, '--optimizer', 'sgd', '--learning-rate', '1.0', '--batch-size', '6', '--margin', '0.3',
+    '--max-steps', '1', '--no-shuffle', '--max-grad-norm', '0', '--logging-steps', '1', '--output', out, '--no-progress', '--no-report']);
+  t.is(r.code, 0, r.stderr);
+  const res = reference(['--model', rmDir, '--pairs', tok, '--after', latest(out), '--margins', own.map((m) => m ?? 0.3).join(',')]);
+  const logged = JSON.parse(fs.readFileSync(path.join(out, 'metrics.jsonl'), 'utf8').trim().split('\n')[0]);
+  t.log(`float64 loss ${res.loss}, torch-dpo loss ${logged.loss}; gradient rel. error ${res.rel_err.toExponential(2)}`);
+  t.true(res.rel_err < 1e-4, `relative gradient error ${res.rel_err}`);
+  t.true(Math.abs(logged.loss - res.loss) <= 1e-5 * Math.max(1, Math.abs(res.loss)), `loss ${logged.loss} vs ${res.loss}`);
+  // a non-numeric margin is an error naming the file, line and field
+  fs.writeFileSync(withMargins, lines[0].replace(/"margin":0.5/, '"margin":"big"') + '\n');
+  const bad = runCli(['reward', '--policy', rmDir, '--data', withMargins, '--output', path.join(work, 'bad-margin'), '--max-steps', '1', '--no-progress', '--no-report']);
+  t.not(bad.code, 0);
+  t.regex(bad.stderr, /six-m\.margins\.jsonl:1: Expected a finite number for margin but received "big"/);
+});
+
 for (const [center, margin] of [[0, 0], [0.1, 0.5]]) {
   test.serial(`torch-dpo reward --optimizer sgd --learning-rate 1, one step, reproduces a float64 autograd gradient (center ${center}, margin ${margin})`, (t) => {
     if (!havePythonTorch(t)) return t.pass();
