@@ -17,6 +17,7 @@ export function register(program: Command): void {
     .option('--truncation-mode <m>', 'keep_end | keep_start')
     .option('--device <d>', 'cpu | cuda | cuda:N')
     .option('--dtype <d>', 'float32 | bfloat16 | float16')
+    .option('--padding-free', 'pack sequences into fewer rows for the forward (same values, no compute on padding)')
     .option('--kto', "for a KTO run: replay its batches (--batch-size is then the run's per-device batch size) so that the mismatched pairs are cached too")
     .option('--seed <n>', 'with --kto: the run\'s seed (default 42)', parseInteger)
     .option('--no-shuffle', 'with --kto: the run keeps the file order')
@@ -27,6 +28,7 @@ export function register(program: Command): void {
       const common = {
         reference: o.reference, data: o.data, cache: o.cache, maxLength: o.maxLength,
         maxPromptLength: o.maxPromptLength, truncationMode: o.truncationMode, device: o.device as Device | undefined, dtype: o.dtype as DType | undefined,
+        paddingFree: o.paddingFree === true,
       };
       const r = o.kto
         ? await precomputeKTOReference({ ...common, perDeviceTrainBatchSize: o.batchSize ?? 8, seed: o.seed, shuffle: o.shuffle, shuffleBufferSize: o.shuffleBufferSize, epochs: o.epochs, worldSize: o.worldSize })

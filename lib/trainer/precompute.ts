@@ -26,6 +26,8 @@ export interface PrecomputeOptions {
   device?: Device;
   dtype?: DType;
   chunkRows?: number;
+  /** Pack each batch's sequences into fewer rows for the forward (same values, no compute on padding); default false. */
+  paddingFree?: boolean;
   /** Called after each batch. */
   onProgress?: (p: PrecomputeProgress) => void;
 }
@@ -48,6 +50,7 @@ export async function precomputeReference(opts: PrecomputeOptions): Promise<Prec
   const truncationMode = checkOneOf(opts.truncationMode ?? 'keep_end', 'truncationMode', ['keep_end', 'keep_start'] as const);
   const overlongPolicy = checkOneOf(opts.overlongPolicy ?? 'truncate', 'overlongPolicy', ['truncate', 'drop', 'error'] as const);
   const chunkRows = checkInt(opts.chunkRows ?? 1024, 'chunkRows', 1);
+  const paddingFree = checkBool(opts.paddingFree ?? false, 'paddingFree');
   const referenceId = await referenceIdentity(reference);
   await using model = await Model.load(reference, { device: opts.device, dtype: opts.dtype });
   await using cache = await RefLogpCache.open(cachePath, { referenceId, create: true });
@@ -68,7 +71,7 @@ export async function precomputeReference(opts: PrecomputeOptions): Promise<Prec
   }
   const pad = tok.padTokenId ?? tok.eosTokenId ?? 0;
   for await (const b of batchPairs(missing(), { batchSize, padTokenId: pad })) {
-    const r = await model.sequenceLogps(b.inputIds, b.attentionMask, b.labels, 2 * b.size, b.T, chunkRows);
+    const r = await model.sequenceLogps(b.inputIds, b.attentionMask, b.labels, 2 * b.size, b.T, chunkRows, paddingFree);
     const entries: Array<[string, { logp: number; count: number }]> = [];
     b.examples.forEach((ex, i) => {
       entries.push([sequenceKey(ex.prompt_ids, ex.chosen_ids), { logp: r.logps[i], count: r.counts[i] }]);
@@ -112,6 +115,7 @@ export async function precomputeKTOReference(opts: KTOPrecomputeOptions): Promis
   const truncationMode = checkOneOf(opts.truncationMode ?? 'keep_end', 'truncationMode', ['keep_end', 'keep_start'] as const);
   const overlongPolicy = checkOneOf(opts.overlongPolicy ?? 'truncate', 'overlongPolicy', ['truncate', 'drop', 'error'] as const);
   const chunkRows = checkInt(opts.chunkRows ?? 1024, 'chunkRows', 1);
+  const paddingFree = checkBool(opts.paddingFree ?? false, 'paddingFree');
   const seed = checkInt(opts.seed ?? 42, 'seed', 0, 2 ** 32 - 1);
   const shuffle = checkBool(opts.shuffle ?? true, 'shuffle');
   const shuffleBufferSize = checkInt(opts.shuffleBufferSize ?? 10000, 'shuffleBufferSize', 1);
@@ -133,7 +137,7 @@ export async function precomputeKTOReference(opts: KTOPrecomputeOptions): Promis
           p.cached += b.keys.length;
           continue;
         }
-        const r = await model.sequenceLogps(b.inputIds, b.attentionMask, b.labels, 2 * b.size, b.T, chunkRows);
+        const r = await model.sequenceLogps(b.inputIds, b.attentionMask, b.labels, 2 * b.size, b.T, chunkRows, paddingFree);
         await cache.putMany(b.keys.map((k, i) => [k, { logp: r.logps[i], count: r.counts[i] }]));
         p.computed += b.keys.length;
         for (let i = 0; i < b.attentionMask.length; i++) tokens += b.attentionMask[i];

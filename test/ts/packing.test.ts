@@ -5,6 +5,10 @@ import test from 'ava';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Model } from '../../lib/model';
+import { Tokenizer } from '../../lib/tokenizer';
+import { precomputeReference } from '../../lib/trainer/precompute';
+import { preferenceExamples } from '../../lib/trainer/data_source';
+import { RefLogpCache, referenceIdentity, sequenceKey } from '../../lib/ref_cache';
 import { DPOTrainerOptions } from '../../lib/trainer/options';
 import { compareWeights, latest, makeModelDir, pairRecords, readWeights, runCli, tmpDir, writeJsonl , trainToEnd } from './helpers/fixtures';
 
@@ -79,4 +83,34 @@ test.serial('train --padding-free runs from the CLI; a non-boolean paddingFree i
   t.is(r.code, 0, r.stderr);
   t.true(fs.existsSync(path.join(latest(out), 'model.safetensors')));
   await t.throwsAsync(train({ paddingFree: 'yes' as unknown as boolean, outputDir: path.join(work, 'bad') }), { message: /Expected a boolean for paddingFree but received/ });
+});
+
+test.serial('precompute with paddingFree stores the log-probs of the padded forward', async (t) => {
+  // long and one-word completions mixed, so that short rows share a packed row
+  const mixed = writeJsonl(path.join(work, 'mixed.jsonl'), pairRecords(16, 9).map((p, i) => (i % 2 === 0 ? { ...p, chosen: 'great', rejected: 'bad' } : p)));
+  const padded = path.join(work, 'cache-padded'), packed = path.join(work, 'cache-packed');
+  await precomputeReference({ reference: refDir, data: mixed, cache: padded, batchSize: 8 });
+  const r = await precomputeReference({ reference: refDir, data: mixed, cache: packed, batchSize: 8, paddingFree: true });
+  t.is(r.computed + r.cached, 32); // repeated prompt + one-word completions are computed once
+  const referenceId = await referenceIdentity(refDir);
+  const a = await RefLogpCache.open(padded, { referenceId }), b = await RefLogpCache.open(packed, { referenceId });
+  try {
+    const tok = await Tokenizer.fromDir(refDir);
+    const src = { data: mixed, maxLength: 1024, maxPromptLength: 512, truncationMode: 'keep_end' as const, overlongPolicy: 'truncate' as const, perDeviceTrainBatchSize: 8, shuffle: false, shuffleBufferSize: 1, seed: 0 };
+    let n = 0, worst = 0;
+    for await (const ex of preferenceExamples(src, tok)) {
+      for (const c of [ex.chosen_ids, ex.rejected_ids]) {
+        const k = sequenceKey(ex.prompt_ids, c);
+        worst = Math.max(worst, Math.abs(a.get(k)!.logp - b.get(k)!.logp));
+        t.is(a.get(k)!.count, b.get(k)!.count);
+        n++;
+      }
+    }
+    t.is(n, 32);
+    t.log(`32 sequences, max |padded − packed| log-prob ${worst.toExponential(2)}`);
+    t.true(worst < 1e-4, `max difference ${worst}`);
+  } finally {
+    await a.close();
+    await b.close();
+  }
 });
