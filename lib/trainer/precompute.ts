@@ -39,18 +39,26 @@ export interface PrecomputeProgress {
   tokensPerSecond: number;
 }
 
-export async function precomputeReference(opts: PrecomputeOptions): Promise<PrecomputeProgress> {
+/** The options both precompute functions share, checked, with their defaults. */
+function resolveCommon(opts: PrecomputeOptions) {
   checkObject(opts, 'precompute options');
   const reference = checkString(opts.reference, 'reference', { nonEmpty: true });
   const data = checkString(opts.data, 'data', { nonEmpty: true });
   const cachePath = checkString(opts.cache, 'cache', { nonEmpty: true });
-  const batchSize = checkInt(opts.batchSize ?? 16, 'batchSize', 1, 1 << 20);
   const maxLength = checkInt(opts.maxLength ?? 1024, 'maxLength', 2);
-  const maxPromptLength = checkInt(opts.maxPromptLength ?? 512, 'maxPromptLength', 1, maxLength - 1);
-  const truncationMode = checkOneOf(opts.truncationMode ?? 'keep_end', 'truncationMode', ['keep_end', 'keep_start'] as const);
-  const overlongPolicy = checkOneOf(opts.overlongPolicy ?? 'truncate', 'overlongPolicy', ['truncate', 'drop', 'error'] as const);
-  const chunkRows = checkInt(opts.chunkRows ?? 1024, 'chunkRows', 1);
-  const paddingFree = checkBool(opts.paddingFree ?? false, 'paddingFree');
+  return {
+    reference, data, cachePath, maxLength,
+    maxPromptLength: checkInt(opts.maxPromptLength ?? 512, 'maxPromptLength', 1, maxLength - 1),
+    truncationMode: checkOneOf(opts.truncationMode ?? 'keep_end', 'truncationMode', ['keep_end', 'keep_start'] as const),
+    overlongPolicy: checkOneOf(opts.overlongPolicy ?? 'truncate', 'overlongPolicy', ['truncate', 'drop', 'error'] as const),
+    chunkRows: checkInt(opts.chunkRows ?? 1024, 'chunkRows', 1),
+    paddingFree: checkBool(opts.paddingFree ?? false, 'paddingFree'),
+  };
+}
+
+export async function precomputeReference(opts: PrecomputeOptions): Promise<PrecomputeProgress> {
+  const { reference, data, cachePath, maxLength, maxPromptLength, truncationMode, overlongPolicy, chunkRows, paddingFree } = resolveCommon(opts);
+  const batchSize = checkInt(opts.batchSize ?? 16, 'batchSize', 1, 1 << 20);
   const referenceId = await referenceIdentity(reference);
   await using model = await Model.load(reference, { device: opts.device, dtype: opts.dtype });
   await using cache = await RefLogpCache.open(cachePath, { referenceId, create: true });
@@ -105,17 +113,8 @@ export interface KTOPrecomputeOptions extends PrecomputeOptions {
  * and the mismatched pairs' log-probs, so that KTOTrainer with the same settings needs no reference model.
  */
 export async function precomputeKTOReference(opts: KTOPrecomputeOptions): Promise<PrecomputeProgress> {
-  checkObject(opts, 'precompute options');
-  const reference = checkString(opts.reference, 'reference', { nonEmpty: true });
-  const data = checkString(opts.data, 'data', { nonEmpty: true });
-  const cachePath = checkString(opts.cache, 'cache', { nonEmpty: true });
+  const { reference, data, cachePath, maxLength, maxPromptLength, truncationMode, overlongPolicy, chunkRows, paddingFree } = resolveCommon(opts);
   const perDeviceTrainBatchSize = checkInt(opts.perDeviceTrainBatchSize, 'perDeviceTrainBatchSize', 1, 1 << 20);
-  const maxLength = checkInt(opts.maxLength ?? 1024, 'maxLength', 2);
-  const maxPromptLength = checkInt(opts.maxPromptLength ?? 512, 'maxPromptLength', 1, maxLength - 1);
-  const truncationMode = checkOneOf(opts.truncationMode ?? 'keep_end', 'truncationMode', ['keep_end', 'keep_start'] as const);
-  const overlongPolicy = checkOneOf(opts.overlongPolicy ?? 'truncate', 'overlongPolicy', ['truncate', 'drop', 'error'] as const);
-  const chunkRows = checkInt(opts.chunkRows ?? 1024, 'chunkRows', 1);
-  const paddingFree = checkBool(opts.paddingFree ?? false, 'paddingFree');
   const seed = checkInt(opts.seed ?? 42, 'seed', 0, 2 ** 32 - 1);
   const shuffle = checkBool(opts.shuffle ?? true, 'shuffle');
   const shuffleBufferSize = checkInt(opts.shuffleBufferSize ?? 10000, 'shuffleBufferSize', 1);
