@@ -112,7 +112,7 @@ Napi::Value NativeModel::TokenLogps(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   auto s = live(env, "NativeModel");
   auto in = rows_arg(info, 2, "tokenLogps");
-  const int64_t rows = in.rows, T = in.T;
+  const int64_t rows = in.rows;
   auto ids = in.ids, mask = in.mask;
   return run_async<at::Tensor>(
       env, info.This().As<Napi::Object>(),
@@ -133,7 +133,7 @@ Napi::Value NativeModel::Generate(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   auto s = live(env, "NativeModel");
   auto in = rows_arg(info, 2, "generate");
-  const int64_t rows = in.rows, T = in.T;
+  const int64_t rows = in.rows;
   auto ids = in.ids, mask = in.mask;
   auto json = arg_string(info, 4, "optionsJson");
   GenerateOptions o = guard(env, [&]() {
@@ -171,7 +171,6 @@ Napi::Value NativeModel::Rewards(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   auto s = live(env, "NativeModel");
   auto in = rows_arg(info, 2, "rewards");
-  const int64_t rows = in.rows, T = in.T;
   auto ids = in.ids, mask = in.mask;
   return run_async<at::Tensor>(
       env, info.This().As<Napi::Object>(),
