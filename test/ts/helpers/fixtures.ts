@@ -48,9 +48,9 @@ export function writeJsonl(file: string, rows: unknown[]): string {
   return file;
 }
 
-/** Reads every tensor of a float32 safetensors file (model.safetensors of a directory) as Float32Array by name. */
-export function readWeights(dir: string): Map<string, Float32Array> {
-  const buf = fs.readFileSync(path.join(dir, 'model.safetensors'));
+/** Reads every tensor of a float32 safetensors file of a directory (model.safetensors by default) as Float32Array by name. */
+export function readWeights(dir: string, file = 'model.safetensors'): Map<string, Float32Array> {
+  const buf = fs.readFileSync(path.join(dir, file));
   const n = Number(buf.readBigUInt64LE(0));
   const header = JSON.parse(buf.subarray(8, 8 + n).toString('utf8'));
   const out = new Map<string, Float32Array>();
