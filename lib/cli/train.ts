@@ -115,6 +115,13 @@ export function register(program: Command): void {
   });
 }
 
+/** The progress line's view of a metrics row (p: '' or 'eval_'): KTO's kl, else the reward accuracy (DPO family) or
+ *  accuracy (reward models), then the margin. */
+function quality(m: Record<string, number>, p: '' | 'eval_'): string {
+  const first = `${p}kl` in m ? `kl ${fmt(m[`${p}kl`])}` : `acc ${fmt(m[`${p}rewards/accuracies`] ?? m[`${p}accuracy`], 3)}`;
+  return `${first} margin ${fmt(m[`${p}rewards/margins`] ?? m[`${p}margin`])}`;
+}
+
 export async function runTraining(opts: DPOTrainerOptions, ui: { progress: boolean; report: boolean; label?: string; log?: (line: string) => void }): Promise<void> {
   const log = ui.log ?? ((l: string) => console.log(l));
   await using trainer = await DPOTrainer.create(opts);
@@ -126,12 +133,10 @@ export async function runTraining(opts: DPOTrainerOptions, ui: { progress: boole
   try {
     for await (const m of trainer.train({ signal: ac.signal })) {
       if ('eval_loss' in m) {
-        const evalQuality = 'eval_kl' in m ? `kl ${fmt(m.eval_kl)} margin ${fmt(m['eval_rewards/margins'])}` : `acc ${fmt(m['eval_rewards/accuracies'] ?? m.eval_accuracy, 3)}`;
-        bar.update(trainer.state.step, `eval loss ${fmt(m.eval_loss)} ${evalQuality}`);
+        bar.update(trainer.state.step, `eval loss ${fmt(m.eval_loss)} ${quality(m, 'eval_')}`);
         continue;
       }
-      const quality = 'kl' in m ? `kl ${fmt(m.kl)}` : 'accuracy' in m ? `acc ${fmt(m.accuracy, 3)}` : `acc ${fmt(m['rewards/accuracies'], 3)}`;
-      bar.update(m.step, `loss ${fmt(m.loss)} ${quality} margin ${fmt(m['rewards/margins'] ?? m.margin)} ${fmt(m.tokens_per_second, 3)} tok/s`);
+      bar.update(m.step, `loss ${fmt(m.loss)} ${quality(m, '')} ${fmt(m.tokens_per_second, 3)} tok/s`);
     }
   } finally {
     bar.stop();

@@ -132,21 +132,16 @@ export class DPOTrainer implements AsyncDisposable {
       keys.forEach((k, i) => (out[i] = this.cache!.get(k)!.logp));
       return out;
     }
-    if (!this.reference && o.lora) {
-      // LoRA without a reference model: the policy with its adapters off, switched inside the native call only.
-      const r = await this.policy.baseSequenceLogps(b.inputIds, b.attentionMask, b.labels, 2 * B, b.T, o.chunkRows, o.paddingFree);
-      if (this.cache) await this.cache.putMany(keys.map((k, i) => [k, { logp: r.logps[i], count: r.counts[i] }]));
-      return r.logps;
-    }
-    if (!this.reference) {
+    if (!this.reference && !o.lora) {
       const missing = keys.findIndex((k) => !this.cache?.has(k));
       const ex = b.examples[missing % B];
       throw new Error(`${ex.source ?? o.data}: example #${ex.index + 1} of epoch ${this.state.epoch + 1} is missing from the reference cache ${o.refCache} and no reference model was given`);
     }
-    const r = await this.reference.sequenceLogps(b.inputIds, b.attentionMask, b.labels, 2 * B, b.T, o.chunkRows, o.paddingFree);
-    if (this.cache) {
-      await this.cache.putMany(keys.map((k, i) => [k, { logp: r.logps[i], count: r.counts[i] }]));
-    }
+    // the reference model, or (LoRA without one) the policy with its adapters off, switched inside the native call only
+    const r = this.reference
+      ? await this.reference.sequenceLogps(b.inputIds, b.attentionMask, b.labels, 2 * B, b.T, o.chunkRows, o.paddingFree)
+      : await this.policy.baseSequenceLogps(b.inputIds, b.attentionMask, b.labels, 2 * B, b.T, o.chunkRows, o.paddingFree);
+    if (this.cache) await this.cache.putMany(keys.map((k, i) => [k, { logp: r.logps[i], count: r.counts[i] }]));
     return r.logps;
   }
 

@@ -26,11 +26,13 @@ struct OverlappedGradSync::State {
   int64_t started_in_backward = 0;
   std::mutex mu;                  // hooks may run on autograd device threads
 
-  void copy_in(size_t i, const at::Tensor& value) {
+  // Writes value (+ extra, when defined) into parameter i's slot of its bucket; zeros for an undefined value.
+  void copy_in(size_t i, const at::Tensor& value, const at::Tensor& extra = at::Tensor()) {
     auto& b = buckets[bucket_of[i]];
     auto dst = b.flat.narrow(0, b.offset[slot_of[i]], params[i].numel());  // (numel)
     if (value.defined()) dst.copy_(value.detach().reshape({-1}));
     else dst.zero_();
+    if (extra.defined()) dst.add_(extra.detach().reshape({-1}).to(dst.device(), dst.scalar_type()));
   }
 
   void start_ready(bool in_backward) {
@@ -47,7 +49,8 @@ struct OverlappedGradSync::State {
     c10::NoGradGuard ng;
     // The hook runs before autograd adds `grad` to .grad: the accumulated value after this backward is their sum.
     const auto& p = params[i];
-    copy_in(i, p.grad().defined() ? p.grad() + grad : grad);
+    if (p.grad().defined()) copy_in(i, p.grad(), grad);
+    else copy_in(i, grad);
     arrived[i] = true;
     --buckets[bucket_of[i]].pending;
     start_ready(true);

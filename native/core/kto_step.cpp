@@ -28,7 +28,7 @@ KTOMicroStepResult PreferenceTrainer::run_kto(const KTOBatch& b, double scale, b
   const int64_t rows = b.input_ids.size(0);
   TORCH_CHECK(b.input_ids.dim() == 2 && rows >= 2 && rows % 2 == 0,
               "a KTO batch has 2N rows (N examples then N mismatched pairs), got ", b.input_ids.sizes());
-  const int64_t N = rows / 2, T = b.input_ids.size(1);
+  const int64_t N = rows / 2;
   check_batch(b.input_ids, b.attention_mask, b.labels, policy_->config().vocab_size);
   TORCH_CHECK(b.desirable.defined() && b.desirable.dim() == 1 && b.desirable.size(0) == N,
               "desirable must be (", N, "), got ", b.desirable.defined() ? b.desirable.sizes() : at::IntArrayRef{});
@@ -75,7 +75,6 @@ KTOMicroStepResult PreferenceTrainer::run_kto(const KTOBatch& b, double scale, b
   r.counts = lp.token_counts.cpu();
   r.logits_sum = lp.logits_sum.detach().cpu();
   r.tokens = mask.sum().item<int64_t>();
-  (void)T;
   return r;
 }
 

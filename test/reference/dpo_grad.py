@@ -118,25 +118,31 @@ def reference_loss(a, pol, pairs):
 
 
 def report(a, pol, total):
-    before = {k: v.detach() for k, v in pol.w.items()}
     after = {k: v.to(torch.float64) for k, v in st_io.read_model_dir(a.after).items()}
+    print(json.dumps({"loss": total.item(), **step_error(pol.w, after, a.lr)}))
+
+
+def step_error(weights, after, lr, skip=()):
+    """How far one SGD step (after = before - lr * g) is from the autograd gradients g of `weights` (name -> leaf
+    tensor holding .grad, still at the values before the step); `after`: name -> float64 trained tensor."""
     num = 0.0
     den = 0.0
     worst, worst_err = None, 0.0
-    for k, v in pol.w.items():
+    for k, v in weights.items():
+        if k in skip:
+            continue
         if k not in after:
             raise SystemExit("trained checkpoint lacks %s" % k)
         g = v.grad if v.grad is not None else torch.zeros_like(v)
-        step = -(after[k] - before[k]) / a.lr  # SGD: after = before - lr * g
+        step = -(after[k] - v.detach()) / lr
         d = (step - g).norm().item()
         num += d * d
         den += g.norm().item() ** 2
         rel = d / max(g.norm().item(), 1e-30)
         if g.norm().item() > 1e-8 and rel > worst_err:
             worst, worst_err = k, rel
-    print(json.dumps({"loss": total.item(), "rel_err": math.sqrt(num) / max(math.sqrt(den), 1e-30),
-                      "max_tensor_rel_err": worst_err, "worst": worst, "grad_norm": math.sqrt(den)}))
-
+    return {"rel_err": math.sqrt(num) / max(math.sqrt(den), 1e-30), "max_tensor_rel_err": worst_err, "worst": worst,
+            "grad_norm": math.sqrt(den)}
 
 if __name__ == "__main__":
     main()

@@ -16,13 +16,13 @@ Prints one JSON object: {"loss", "chosen": [...], "rejected": [...], and with --
 """
 import argparse
 import json
-import math
 import os
 import sys
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import dpo_grad  # noqa: E402
 import reference  # noqa: E402
 import st_io  # noqa: E402
 
@@ -82,27 +82,11 @@ def main():
 
 def compare_step(m, after_dir, lr):
     after = {k: v.to(torch.float64) for k, v in st_io.read_model_dir(after_dir).items()}
-    num = den = 0.0
-    worst, worst_err = None, 0.0
-    for k, v in m.w.items():
-        if k == "lm_head.weight":  # the alias of score.weight
-            continue
-        if k not in after:
-            raise SystemExit("trained checkpoint lacks %s" % k)
-        g = v.grad if v.grad is not None else torch.zeros_like(v)
-        step = -(after[k] - v.detach()) / lr  # SGD: after = before - lr * g
-        d = (step - g).norm().item()
-        num += d * d
-        den += g.norm().item() ** 2
-        rel = d / max(g.norm().item(), 1e-30)
-        if g.norm().item() > 1e-8 and rel > worst_err:
-            worst, worst_err = k, rel
+    err = dpo_grad.step_error(m.w, after, lr, skip={"lm_head.weight"})  # lm_head here is the alias of score.weight
     extra = sorted(set(after) - set(m.w))
     if extra:
         raise SystemExit("trained checkpoint has unexpected tensors %s" % extra)
-    return {"rel_err": math.sqrt(num) / max(math.sqrt(den), 1e-30), "max_tensor_rel_err": worst_err, "worst": worst,
-            "grad_norm": math.sqrt(den)}
-
+    return err
 
 if __name__ == "__main__":
     main()
