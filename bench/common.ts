@@ -31,13 +31,18 @@ export async function writeBenchModel(dir: string, m: BenchModelSize): Promise<s
     await using model = await Model.create(benchLlamaConfig(m), { seed: 1 });
     await model.save(dir);
   }
+  writePlaceholderTokenizer(dir, m.vocab);
+  return dir;
+}
+
+/** A WordPiece tokenizer over placeholder words (ids 0-3 special, then w4 … w{vocab-1}) for pre-tokenized benchmark data. */
+export function writePlaceholderTokenizer(dir: string, vocabSize: number): void {
   const vocab: Record<string, number> = { '<pad>': 0, '<bos>': 1, '<eos>': 2, '<unk>': 3 };
-  for (let i = 4; i < m.vocab; i++) vocab[`w${i}`] = i;
+  for (let i = 4; i < vocabSize; i++) vocab[`w${i}`] = i;
   fs.writeFileSync(path.join(dir, 'tokenizer.json'), JSON.stringify({
     version: '1.0', added_tokens: ['<pad>', '<bos>', '<eos>', '<unk>'].map((c, id) => ({ id, content: c, single_word: false, lstrip: false, rstrip: false, normalized: false, special: true })),
     normalizer: null, pre_tokenizer: { type: 'WhitespaceSplit' }, post_processor: null, decoder: { type: 'WordPiece', prefix: '##', cleanup: false },
     model: { type: 'WordPiece', unk_token: '<unk>', continuing_subword_prefix: '##', max_input_chars_per_word: 100, vocab },
   }));
   fs.writeFileSync(path.join(dir, 'tokenizer_config.json'), JSON.stringify({ bos_token: '<bos>', eos_token: '<eos>', pad_token: '<pad>', unk_token: '<unk>' }));
-  return dir;
 }

@@ -1,6 +1,6 @@
 // Public API of torch-dpo.
-export { runtimeInfo, setThreads, tokenLogprobs, matmulBenchmark } from './runtime';
-export type { RuntimeInfo } from './runtime';
+export { runtimeInfo, setThreads, tokenLogprobs, matmulBenchmark, cudaMemory } from './runtime';
+export type { RuntimeInfo, DeviceMemory } from './runtime';
 export { ValidationError } from './validate';
 export type { Device, DType } from './validate';
 export { Model } from './model';

@@ -13,6 +13,12 @@ export interface NativeRuntimeInfo {
   parallelInfo: string;
 }
 
+export interface NativeDeviceMemory {
+  allocatedBytes: number; // bytes in live tensors now
+  peakAllocatedBytes: number; // the most bytes in live tensors since the last peak reset
+  reservedBytes: number; // bytes the caching allocator holds from the driver
+}
+
 export interface NativeSequenceLogps {
   logps: Float64Array; // (rows) summed log-probs of scored tokens
   counts: Int32Array; // (rows) scored tokens
@@ -94,6 +100,7 @@ export interface NativeAddon {
   abiVersion: number;
   runtimeInfo(): NativeRuntimeInfo;
   configure(intraOpThreads: number, interOpThreads: number): void;
+  cudaMemory(device: string, resetPeak: boolean): NativeDeviceMemory;
   tokenLogprobs(logits: Float32Array, targets: Int32Array, rows: number, vocab: number): Promise<Float32Array>;
   matmulBenchmark(n: number, iters: number, device: string, dtype: string): Promise<number>;
   /** head 'score': a reward model (a causal checkpoint's lm_head is replaced by a score head drawn with `seed`). */

@@ -1,9 +1,10 @@
 // Runtime facts and process-wide settings: libtorch version, CUDA, threads; plus small model-free native ops.
 import * as os from 'node:os';
-import { callNative, callNativeSync, native, NativeRuntimeInfo } from './native';
-import { checkDevice, checkDType, checkFloat32Array, checkInt, checkInt32Array, Device, DType } from './validate';
+import { callNative, callNativeSync, native, NativeDeviceMemory, NativeRuntimeInfo } from './native';
+import { checkBool, checkDevice, checkDType, fail, checkFloat32Array, checkInt, checkInt32Array, Device, DType } from './validate';
 
 export type RuntimeInfo = NativeRuntimeInfo;
+export type DeviceMemory = NativeDeviceMemory;
 
 let configured = false;
 
@@ -24,6 +25,16 @@ export function addon() {
 
 export function runtimeInfo(): RuntimeInfo {
   return callNativeSync('runtimeInfo()', () => addon().runtimeInfo());
+}
+
+/**
+ * The CUDA caching allocator's statistics of a device, in bytes (torch.cuda.memory_allocated / max_memory_allocated /
+ * memory_reserved); `resetPeak` restarts the peak after reading it. Throws on 'cpu' or without a CUDA build.
+ */
+export function cudaMemory(device: Device = 'cuda', resetPeak = false): DeviceMemory {
+  if (checkDevice(device, 'device') === 'cpu') fail("a CUDA device ('cuda' or 'cuda:N')", 'device', device);
+  checkBool(resetPeak, 'resetPeak');
+  return callNativeSync('cudaMemory()', () => addon().cudaMemory(device, resetPeak));
 }
 
 /** Sets libtorch's intra-op thread count (inter-op threads can be set once per process, before any work). */

@@ -3,8 +3,13 @@
 //
 // Special-token conventions:
 // - encode(text, {addSpecialTokens: true}) applies tokenizer.json's post-processor (e.g. Llama-3 prepends
-//   <|begin_of_text|>). If tokenizer_config.json sets add_bos_token / add_eos_token to true and the post-processor
-//   did not add that token, it is added (as transformers does for Llama-style tokenizers).
+//   <|begin_of_text|>). As in transformers 5, tokenizer_config.json's add_bos_token / add_eos_token are ignored when
+//   tokenizer.json exists (transformers 4's Llama tokenizers honoured them): the post-processor decides.
+// - tokenizer_class LlamaTokenizer(Fast) / CodeLlamaTokenizer(Fast) with a SentencePiece-style BPE: as transformers 5,
+//   tokenizer.json's normalizer / pre-tokenizer / decoder are replaced by the class's own pipeline (Metaspace "▁",
+//   prepended to the first section unless `legacy: true` (every section) or `add_prefix_space: false` (never)); the
+//   vocabulary, merges, added tokens and post-processor stay. This changes only texts that start with a space or
+//   follow a special token. test/ts/transformers.test.ts checks the ids against transformers 5.
 // - Special tokens come from tokenizer_config.json, else special_tokens_map.json.
 // - eosTokenId: tokenizer_config.json eos_token, else the first eos_token_id of generation_config.json, else of
 //   config.json. eosTokenIds lists every id those files name (e.g. Llama-3's <|end_of_text|> and <|eot_id|>).
@@ -94,6 +99,29 @@ function idList(v: unknown): number[] {
   return [];
 }
 
+const SENTENCEPIECE_CLASSES = new Set(['LlamaTokenizer', 'LlamaTokenizerFast', 'CodeLlamaTokenizer', 'CodeLlamaTokenizerFast']);
+
+/**
+ * transformers 5 builds a Llama-class tokenizer's pipeline itself from tokenizer.json's vocabulary and merges
+ * (models/llama/tokenization_llama.py): no normalizer, a Metaspace pre-tokenizer that does not split, and the
+ * matching decoder. Applied in place to the parsed tokenizer.json when tokenizer_config.json names such a class and
+ * the model is a byte-fallback BPE (SentencePiece converted); other tokenizers are used as tokenizer.json says.
+ */
+function useClassPipeline(tokJson: Record<string, any>, config: Record<string, unknown>): void {
+  if (!SENTENCEPIECE_CLASSES.has(String(config.tokenizer_class)) || tokJson.model?.type !== 'BPE' || tokJson.model?.byte_fallback !== true) return;
+  const addPrefixSpace = config.add_prefix_space !== false;
+  const prependScheme = !addPrefixSpace ? 'never' : config.legacy === true ? 'always' : 'first';
+  tokJson.normalizer = null;
+  tokJson.pre_tokenizer = { type: 'Metaspace', replacement: '\u2581', prepend_scheme: prependScheme, split: false };
+  const decoders: Record<string, unknown>[] = [
+    { type: 'Replace', pattern: { String: '\u2581' }, content: ' ' },
+    { type: 'ByteFallback' },
+    { type: 'Fuse' },
+  ];
+  if (addPrefixSpace) decoders.push({ type: 'Strip', content: ' ', start: 1, stop: 0 });
+  tokJson.decoder = { type: 'Sequence', decoders };
+}
+
 export class Tokenizer {
   readonly vocabSize: number;
   readonly bosToken: string | null;
@@ -104,8 +132,6 @@ export class Tokenizer {
   readonly eosTokenIds: number[];
   private readonly eosId: number | null;
   private readonly padId: number | null;
-  private readonly addBos: boolean;
-  private readonly addEos: boolean;
   private readonly cleanUpSpaces: boolean;
   private readonly templates = new Map<string, ChatTemplate>();
 
@@ -136,8 +162,6 @@ export class Tokenizer {
     this.eosTokenIds = [...new Set([...(eos !== null ? [eos] : []), ...extraEos])];
     this.eosId = eos ?? (extraEos.length > 0 ? extraEos[0] : null);
     this.padId = idOf(this.padToken, 'pad_token');
-    this.addBos = config.add_bos_token === true;
-    this.addEos = config.add_eos_token === true;
     this.cleanUpSpaces = config.clean_up_tokenization_spaces === true;
     const special = { bos_token: this.bosToken, eos_token: this.eosToken, pad_token: this.padToken, unk_token: this.unkToken };
     for (const t of templates) this.templates.set(t.name, new ChatTemplate(t.source, t.origin, special));
@@ -180,6 +204,7 @@ export class Tokenizer {
     } else if (ct !== undefined && ct !== null) {
       throw new ValidationError(`${cfgPath}: Expected a string or a list of {name, template} for chat_template but received ${typeof ct}`);
     }
+    useClassPipeline(tokJson, config);
     let hf: HfTokenizer;
     try {
       hf = new HfTokenizer(tokJson, config);
@@ -222,12 +247,7 @@ export class Tokenizer {
     checkString(text, 'text');
     const add = opts.addSpecialTokens ?? true;
     if (text.length === 0 && !add) return [];
-    const ids = this.hf.encode(text, { add_special_tokens: add }).ids;
-    if (add) {
-      if (this.addBos && this.bosTokenId !== null && ids[0] !== this.bosTokenId) ids.unshift(this.bosTokenId);
-      if (this.addEos && this.eosId !== null && ids[ids.length - 1] !== this.eosId) ids.push(this.eosId);
-    }
-    return ids;
+    return this.hf.encode(text, { add_special_tokens: add }).ids;
   }
 
   decode(ids: readonly number[] | Int32Array, opts: DecodeOptions = {}): string {

@@ -3,7 +3,7 @@
 //   1. LIBTORCH (a libtorch root: include/, lib/, share/cmake/Torch) or Torch_DIR (the folder holding TorchConfig.cmake)
 //   2. a Python `torch` (python3 on PATH, then /usr/bin/python3): torch.utils.cmake_prefix_path, CUDA build when it has one
 //   3. the system (Debian's libtorch-dev: /usr/lib/<triplet>/cmake/Torch)
-// Usage: node scripts/find-libtorch.js [--json | --cmake-dir | --gyp-includes | --gyp-defines | --gyp-libs | --gyp-ldflags]
+// Usage: node scripts/find-libtorch.js [--json | --cmake-dir | --gyp-includes | --gyp-defines | --gyp-std | --gyp-libs | --gyp-ldflags]
 'use strict';
 const fs = require('node:fs');
 const path = require('node:path');
@@ -91,6 +91,17 @@ function jsonInclude() {
   return [];
 }
 
+// The C++ standard libtorch's headers need (kept in step with CMakeLists.txt): 20 from libtorch 2.10 on or when its
+// TorchConfig.cmake sets CXX_STANDARD 20 (Debian's 2.14 does), else 17.
+function cxxStandard(c) {
+  const [a, b] = (c.version || '0.0').split('.').map(Number);
+  let config = '';
+  try {
+    config = fs.readFileSync(path.join(c.cmakeDir, 'TorchConfig.cmake'), 'utf8');
+  } catch {}
+  return a > 2 || (a === 2 && b >= 10) || /CXX_STANDARD\s+2\d/.test(config) ? 20 : 17;
+}
+
 function versionOk(v) {
   if (!v) return false;
   const [a, b] = v.split('.').map(Number);
@@ -137,6 +148,7 @@ if (require.main === module) {
     else if (arg === '--cmake-dir') console.log(c.cmakeDir);
     else if (arg === '--gyp-includes') console.log([...c.includeDirs, ...jsonInclude()].join(' '));
     else if (arg === '--gyp-defines') console.log(interfaceDefines(c.cmakeDir).join(' '));
+    else if (arg === '--gyp-std') console.log(`-std=c++${cxxStandard(c)}`);
     else if (arg === '--gyp-libs') console.log(c.libs.map((l) => `-l${l}`).join(' '));
     else if (arg === '--gyp-ldflags') console.log(`-L${c.libDir} -Wl,-rpath,${c.libDir} -Wl,--no-as-needed`);
     else throw new Error(`unknown option ${arg}`);

@@ -15,3 +15,5 @@ node -e "console.log(JSON.stringify(require('./dist/lib').runtimeInfo()))" | tee
 npx ava 2>&1 | tee "$OUT/ava.log" | tail -15
 ctest --test-dir build --output-on-failure -j 8 2>&1 | tee "$OUT/ctest.log" | tail -5
 grep -hE "tests passed|tests failed|out of" "$OUT/ava.log" "$OUT/ctest.log" | tee -a "$OUT/summary.txt"
+# Issue "GPU performance": torch-dpo vs the transformers peers on the issue's shape (bench/gpu_step.ts).
+timeout "${BENCH_TIMEOUT:-420}" node dist/bench/gpu_step.js --steps 10 --warmup 3 2>&1 | tee "$OUT/bench.txt" | tail -12

@@ -14,6 +14,8 @@
 #include <cstdlib>
 #include <limits>
 #include <sstream>
+#include <type_traits>
+#include <utility>
 
 namespace tdpo {
 
@@ -40,6 +42,23 @@ int64_t env_int(const std::map<std::string, std::string>& env, const std::string
 std::string message_of(const std::exception& e) {
   if (auto c = dynamic_cast<const c10::Error*>(&e)) return c->what_without_backtrace();
   return e.what();
+}
+
+// TCPStoreOptions::useLibUV exists from libtorch 2.2 on; turns it off and says true where it exists.
+template <typename O, typename = void>
+struct HasUseLibUV : std::false_type {};
+template <typename O>
+struct HasUseLibUV<O, std::void_t<decltype(std::declval<O&>().useLibUV)>> : std::true_type {};
+
+template <typename O>
+bool disable_libuv(O& o) {
+  if constexpr (HasUseLibUV<O>::value) {
+    if (!o.useLibUV) return false;
+    o.useLibUV = false;
+    return true;
+  } else {
+    return false;
+  }
 }
 
 }  // namespace
@@ -94,7 +113,15 @@ DataParallel::DataParallel(const DistEnv& env, std::chrono::milliseconds timeout
     o.numWorkers = static_cast<std::size_t>(env_.world_size);
     o.waitWorkers = true;
     o.timeout = timeout;
-    auto tcp = c10::make_intrusive<c10d::TCPStore>(env_.master_addr, o);
+    c10::intrusive_ptr<c10d::TCPStore> tcp;
+    try {
+      tcp = c10::make_intrusive<c10d::TCPStore>(env_.master_addr, o);
+    } catch (const std::exception& e) {
+      // libtorch >= 2.4 asks for the libuv store backend by default; builds without libuv (Debian's) refuse it, and
+      // every rank then retries with the classic backend (both speak the same protocol).
+      if (message_of(e).find("libuv") == std::string::npos || !disable_libuv(o)) throw;
+      tcp = c10::make_intrusive<c10d::TCPStore>(env_.master_addr, o);
+    }
     impl_->store = c10::make_intrusive<c10d::PrefixStore>("torch_dpo", tcp);
   } catch (const std::exception& e) {
     TORCH_CHECK(false, "distributed rendezvous failed for ", who.str(),

@@ -5,6 +5,7 @@
 // scales the stored gradients by the upstream scalar.
 #include "fused_dpo.h"
 
+#include <c10/core/GradMode.h>
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/custom_function.h>
 
@@ -198,7 +199,7 @@ FusedDPOOutput fused_dpo_loss(const at::Tensor& hidden, const at::Tensor& weight
     in.policy_rejected = res[1].slice(0, P, 2 * P);
     in.chosen_counts = res[2].slice(0, 0, P);
     in.rejected_counts = res[2].slice(0, P, 2 * P);
-    at::NoGradGuard no_grad;
+    c10::NoGradGuard no_grad;
     out.parts = dpo_loss(in, cfg);
     out.parts.loss = out.loss;
     return out;

@@ -10,6 +10,14 @@
 
 #include <c10/core/GradMode.h>
 
+// The CUDA allocator's header needs the CUDA toolkit's headers; a CUDA libtorch without them builds, and
+// cuda_memory() then says why it cannot answer.
+#if defined(TORCH_DPO_CUDA_BUILD) && __has_include(<c10/cuda/CUDACachingAllocator.h>) && __has_include(<cuda_runtime_api.h>)
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAFunctions.h>
+#define TORCH_DPO_CUDA_ALLOCATOR_STATS 1
+#endif
+
 namespace tdpo {
 
 static std::atomic<int64_t> g_intra_threads{0};
@@ -29,6 +37,25 @@ RuntimeInfo runtime_info() {
 #endif
   info.parallel_info = at::get_parallel_info();
   return info;
+}
+
+DeviceMemory cuda_memory(const std::string& name, bool reset_peak) {
+  c10::Device d = parse_device(name);
+  TORCH_CHECK(d.is_cuda(), "Expected a CUDA device ('cuda' or 'cuda:N') for device but received '", name, "'");
+#ifdef TORCH_DPO_CUDA_ALLOCATOR_STATS
+  const c10::DeviceIndex idx = d.has_index() ? d.index() : c10::cuda::current_device();
+  const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(idx);
+  constexpr size_t kAggregate = 0;  // StatType::AGGREGATE: all pools together
+  DeviceMemory m;
+  m.allocated = stats.allocated_bytes[kAggregate].current;
+  m.peak_allocated = stats.allocated_bytes[kAggregate].peak;
+  m.reserved = stats.reserved_bytes[kAggregate].current;
+  if (reset_peak) c10::cuda::CUDACachingAllocator::resetPeakStats(idx);
+  return m;
+#else
+  (void)reset_peak;
+  TORCH_CHECK(false, "CUDA memory statistics need an addon built against a CUDA libtorch with the CUDA headers");
+#endif
 }
 
 void configure_threads(int64_t intra, int64_t inter) {

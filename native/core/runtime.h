@@ -31,6 +31,18 @@ void prepare_worker_thread();
 // "cpu", "cuda", "cuda:1" -> Device; throws with the accepted forms otherwise, or when CUDA is not available.
 c10::Device parse_device(const std::string& name);
 
+// Bytes held by libtorch's CUDA caching allocator on one device (what torch.cuda.memory_allocated /
+// max_memory_allocated / memory_reserved report in Python).
+struct DeviceMemory {
+  int64_t allocated = 0;       // bytes in live tensors now
+  int64_t peak_allocated = 0;  // the most bytes in live tensors since the last peak reset
+  int64_t reserved = 0;        // bytes the caching allocator holds from the driver now
+};
+
+// Memory statistics of a CUDA device ("cuda", "cuda:N"); reset_peak restarts the peak after reading it. Throws on a
+// CPU device, or when this build of the addon has no CUDA libtorch.
+DeviceMemory cuda_memory(const std::string& device, bool reset_peak);
+
 // "float32" | "bfloat16" | "float16" -> dtype; throws naming the accepted values otherwise.
 c10::ScalarType parse_dtype(const std::string& name);
 std::string dtype_name(c10::ScalarType t);

@@ -1,4 +1,4 @@
-// N-API: runtimeInfo(), configure(), tokenLogprobs(), matmulBenchmark().
+// N-API: runtimeInfo(), configure(), cudaMemory(), tokenLogprobs(), matmulBenchmark().
 #include "addon.h"
 #include "napi_util.h"
 #include "runtime.h"
@@ -59,7 +59,23 @@ static Napi::Value MatmulBenchmarkJs(const Napi::CallbackInfo& info) {
       [](Napi::Env e, double& g) -> Napi::Value { return Napi::Number::New(e, g); });
 }
 
+// cudaMemory(device, resetPeak) -> {allocatedBytes, peakAllocatedBytes, reservedBytes}
+static Napi::Value CudaMemoryJs(const Napi::CallbackInfo& info) {
+  expect_count(info, 2, "cudaMemory(device, resetPeak)");
+  auto device = arg_string(info, 0, "device");
+  auto reset = arg_bool(info, 1, "resetPeak");
+  return guard(info.Env(), [&]() -> Napi::Value {
+    auto m = cuda_memory(device, reset);
+    auto o = Napi::Object::New(info.Env());
+    o.Set("allocatedBytes", Napi::Number::New(info.Env(), static_cast<double>(m.allocated)));
+    o.Set("peakAllocatedBytes", Napi::Number::New(info.Env(), static_cast<double>(m.peak_allocated)));
+    o.Set("reservedBytes", Napi::Number::New(info.Env(), static_cast<double>(m.reserved)));
+    return o;
+  });
+}
+
 void InitRuntime(Napi::Env env, Napi::Object exports) {
+  exports.Set("cudaMemory", Napi::Function::New(env, CudaMemoryJs, "cudaMemory"));
   exports.Set("runtimeInfo", Napi::Function::New(env, RuntimeInfoJs, "runtimeInfo"));
   exports.Set("configure", Napi::Function::New(env, ConfigureJs, "configure"));
   exports.Set("tokenLogprobs", Napi::Function::New(env, TokenLogprobsJs, "tokenLogprobs"));

@@ -1,5 +1,6 @@
 // fused_dpo_loss (both the precomputed-gradient path for pair-separable losses and the general path) against the
 // naive path: full (2P, T, V) logits -> log_softmax -> gather -> masked sum -> dpo_loss, ordinary autograd.
+#include <c10/core/GradMode.h>
 #include <gtest/gtest.h>
 
 #include "error_expect.h"
@@ -165,7 +166,7 @@ TEST(FusedDPO, ReferenceFreeMetricsAndNoGrad) {
     EXPECT_EQ(out.logits_sum.sizes(), (at::IntArrayRef{6}));
   }
   // Without grad: a plain value, same number.
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   auto out = tdpo::fused_dpo_loss(b.hidden, b.weight, b.bias, b.labels, at::Tensor(), cfg);
   EXPECT_FALSE(out.loss.requires_grad());
   EXPECT_LT(rel_err(out.loss, naive_loss(zero_ref, b.hidden, b.weight, b.bias, cfg)), 1e-5);

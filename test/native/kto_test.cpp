@@ -1,5 +1,6 @@
 // KTO: the loss against a plain double-precision evaluation of its formula, finite-difference gradients, and one
 // trainer step against an independent autograd path (full logits + log_softmax instead of the fused lm-head).
+#include <c10/core/GradMode.h>
 #include <gtest/gtest.h>
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -153,7 +154,7 @@ TEST(KTOTrainer, SgdStepEqualsIndependentGradient) {
     // the independent gradient on `twin`
     double z0;
     {
-      at::NoGradGuard ng;
+      c10::NoGradGuard ng;
       auto kl = logps_by_full_logits(*twin, b.input_ids.slice(0, N), b.attention_mask.slice(0, N), b.labels.slice(0, N));
       z0 = std::max(0.0, (kl - b.ref_logps.slice(0, N)).mean().item<double>());
     }

@@ -2,7 +2,7 @@
 import test from 'ava';
 import * as path from 'node:path';
 import { Model } from '../../lib/model';
-import { runtimeInfo } from '../../lib/runtime';
+import { cudaMemory, runtimeInfo } from '../../lib/runtime';
 import { DPOTrainer } from '../../lib/trainer/dpo_trainer';
 import { makeModelDir, pairRecords, tmpDir, writeJsonl } from './helpers/fixtures';
 
@@ -37,4 +37,18 @@ test('a CUDA DPO step matches the CPU step', async (t) => {
     losses.push(l);
   }
   losses[0].forEach((x, i) => t.true(Math.abs(x - losses[1][i]) < 1e-4, `step ${i + 1}: cpu ${x} vs cuda ${losses[1][i]}`));
+});
+
+test('cudaMemory reports the allocator: a loaded model holds at least its weights; the peak resets', async (t) => {
+  if (!cuda) return t.log('SKIPPED: no CUDA device in this libtorch build / on this machine'), t.pass();
+  const dir = await makeModelDir(path.join(work, 'mem'), 4);
+  const before = cudaMemory('cuda', true);
+  await using m = await Model.load(dir, { device: 'cuda', dtype: 'float32' });
+  const loaded = cudaMemory('cuda');
+  const weightBytes = 4 * (50 * 64 + 2 * (4 * 64 * 64 + 3 * 64 * 176 + 2 * 64) + 64); // demo config, float32
+  t.true(loaded.allocatedBytes - before.allocatedBytes >= weightBytes * 0.9, `${loaded.allocatedBytes - before.allocatedBytes} bytes for ${weightBytes} bytes of weights`);
+  await m.tokenLogps([[1, 4, 5, 33, 7, 6, 20, 2]]);
+  const after = cudaMemory('cuda', true);
+  t.true(after.peakAllocatedBytes >= after.allocatedBytes && after.reservedBytes >= after.allocatedBytes);
+  t.is(cudaMemory('cuda').peakAllocatedBytes, after.allocatedBytes, 'peak restarts from the current allocation');
 });

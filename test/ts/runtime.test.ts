@@ -1,5 +1,5 @@
 import test from 'ava';
-import { runtimeInfo, tokenLogprobs, matmulBenchmark, setThreads } from '../../lib';
+import { cudaMemory, runtimeInfo, tokenLogprobs, matmulBenchmark, setThreads } from '../../lib';
 import { native } from '../../lib/native';
 
 test('runtimeInfo reports the libtorch it was built with', (t) => {
@@ -71,4 +71,12 @@ test('the event loop keeps turning while a native call runs', async (t) => {
   t.log(`matmul ${gflops.toFixed(1)} GFLOP/s over ${elapsed} ms; timer fired ${ticks} times`);
   // The timer must have fired roughly every 5 ms while the native work ran (allow a slow, loaded machine).
   t.true(elapsed < 50 || ticks >= Math.floor(elapsed / 5 / 4), `only ${ticks} ticks in ${elapsed} ms`);
+});
+
+test('cudaMemory: a CPU device is refused in TS; without CUDA the native error says why', (t) => {
+  t.throws(() => cudaMemory('cpu'), { message: 'Expected a CUDA device (\'cuda\' or \'cuda:N\') for device but received "cpu"' });
+  t.throws(() => cudaMemory('cuda', 'yes' as unknown as boolean), { message: /Expected a boolean for resetPeak/ });
+  t.throws(() => (native().cudaMemory as (...a: unknown[]) => unknown)('cuda'), { message: /cudaMemory\(device, resetPeak\)/ });
+  if (!runtimeInfo().cudaAvailable) t.throws(() => cudaMemory('cuda'), { message: /CUDA is not available/ });
+  else t.true(cudaMemory('cuda').reservedBytes >= 0);
 });
