@@ -25,7 +25,7 @@ OUT=${OUT:-/tmp/check-sid}; mkdir -p "$OUT"
 [ "$(id -u)" = 0 ] || { echo "check-sid: needs root (chroot, mounts)" >&2; exit 2; }
 
 pkgs=libtorch-dev,libgloo-dev,nlohmann-json3-dev,libgtest-dev,cmake,ninja-build,ccache,make,g++,python3-torch
-pkgs=$pkgs,python3-transformers,python3-tokenizers,python3-safetensors,git,ca-certificates,procps
+pkgs=$pkgs,python3-transformers,python3-tokenizers,python3-safetensors,git,ca-certificates,procps,gdb
 if [ ! -x "$chroot_dir/usr/bin/python3" ]; then
   command -v mmdebstrap >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mmdebstrap >/dev/null; }
   echo "check-sid: creating the sid chroot in $chroot_dir (mmdebstrap, ~1 GiB download)"
@@ -72,7 +72,13 @@ inside 'npm ci --no-audit --no-fund' > "$OUT/npm-ci.log" 2>&1 || { tail -40 "$OU
 echo "check-sid: npm ci (build against libtorch 2.x) $(( $(date +%s) - t0 )) s" | tee -a "$OUT/summary.txt"
 t0=$(date +%s)
 status=0
-inside 'npm test' > "$OUT/npm-test.log" 2>&1 || status=$?
+inside 'ulimit -c unlimited; npm test' > "$OUT/npm-test.log" 2>&1 || status=$?
+# Backtraces of processes that crashed during the tests (the kernel writes "core" files into their working folder).
+find "$work" "$chroot_dir/tmp" -maxdepth 3 -type f -name 'core*' -newer "$OUT/versions.txt" 2>/dev/null | while read -r c; do
+  echo "== ${c#$chroot_dir}" >> "$OUT/cores.txt"
+  inside "gdb -batch -ex 'thread apply all bt 12' /opt/node/bin/node ${c#$chroot_dir}" >> "$OUT/cores.txt" 2>&1 || true
+  echo "check-sid: a process crashed; backtrace in $OUT/cores.txt" | tee -a "$OUT/summary.txt"
+done
 echo "check-sid: npm test $(( $(date +%s) - t0 )) s, exit $status" | tee -a "$OUT/summary.txt"
 grep -E "tests? (passed|failed)|known failure|skipped|tests passed|out of|SKIPPED" "$OUT/npm-test.log" | sort | uniq -c | tail -20 | tee -a "$OUT/summary.txt"
 exit $status
