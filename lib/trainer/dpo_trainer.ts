@@ -364,7 +364,7 @@ export function trainerConfig(o: ResolvedDPOOptions) {
       referenceFree: o.referenceFree,
       simpoGamma: o.simpoGamma,
     },
-    optimizer: { type: o.optimizer, weightDecay: o.weightDecay, beta1: o.adamBeta1, beta2: o.adamBeta2, eps: o.adamEpsilon, momentum: 0 },
+    optimizer: { type: o.optimizer, weightDecay: o.weightDecay, beta1: o.adamBeta1, beta2: o.adamBeta2, eps: o.adamEpsilon, momentum: 0, fused: o.fusedAdamw },
     chunkRows: o.chunkRows,
     ...(o.kto ? { kto: { beta: o.beta, desirableWeight: o.kto.desirableWeight, undesirableWeight: o.kto.undesirableWeight, referenceFree: o.referenceFree } } : {}),
     paddingFree: o.paddingFree,

@@ -79,6 +79,8 @@ export interface DPOTrainerOptions {
   adamBeta2?: number;
   /** AdamW ε; default 1e-8. */
   adamEpsilon?: number;
+  /** AdamW through libtorch's fused multi-tensor kernel (Python's `fused=True`) where libtorch ≥ 2.4 has it; false: the per-tensor update; default true. */
+  fusedAdamw?: boolean;
   /** Compute dtype; default 'float32'. */
   dtype?: DType;
   /** 'cpu' (default), 'cuda' or 'cuda:N'. */
@@ -152,6 +154,7 @@ export const DPO_DEFAULTS = {
   adamBeta1: 0.9,
   adamBeta2: 0.999,
   adamEpsilon: 1e-8,
+  fusedAdamw: true,
   dtype: 'float32' as DType,
   device: 'cpu' as Device,
   loggingSteps: 10,
@@ -228,6 +231,7 @@ export function resolveDPOOptions(input: DPOTrainerOptions): ResolvedDPOOptions 
   checkNumber(r.adamBeta1, 'adamBeta1', { min: 0, max: 0.999999 });
   checkNumber(r.adamBeta2, 'adamBeta2', { min: 0, max: 0.999999 });
   checkNumber(r.adamEpsilon, 'adamEpsilon', { minExclusive: 0 });
+  checkBool(r.fusedAdamw, 'fusedAdamw');
   checkDType(r.dtype, 'dtype');
   checkDevice(r.device, 'device');
   if (r.device === 'cpu' && r.dtype !== 'float32') fail("'float32' on device 'cpu'", 'dtype', r.dtype);

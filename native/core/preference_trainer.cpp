@@ -7,6 +7,7 @@
 
 #include <cmath>
 
+#include "fused_adamw.h"
 #include "packing.h"
 
 namespace tdpo {
@@ -39,7 +40,10 @@ PreferenceTrainer::PreferenceTrainer(std::shared_ptr<CausalLM> policy, DPOLossCo
   if (opt_cfg_.type == "adamw") {
     torch::optim::AdamWOptions o(1e-3);
     o.betas({opt_cfg_.beta1, opt_cfg_.beta2}).eps(opt_cfg_.eps).weight_decay(opt_cfg_.weight_decay);
-    optimizer_ = std::make_unique<torch::optim::AdamW>(params_, o);
+    if (opt_cfg_.fused)
+      optimizer_ = std::make_unique<FusedAdamW>(params_, o);
+    else
+      optimizer_ = std::make_unique<torch::optim::AdamW>(params_, o);
   } else if (opt_cfg_.type == "sgd") {
     torch::optim::SGDOptions o(1e-3);
     o.momentum(opt_cfg_.momentum).weight_decay(opt_cfg_.weight_decay);

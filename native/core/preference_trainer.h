@@ -29,6 +29,7 @@ struct OptimizerConfig {
   double beta2 = 0.999;        // adamw second-moment decay; default 0.999
   double eps = 1e-8;           // adamw denominator epsilon; default 1e-8
   double momentum = 0.0;       // sgd momentum; default 0
+  bool fused = true;           // adamw through libtorch's fused kernel where it has one (>= 2.4); default true
 };
 
 // One micro-batch of P pairs, rows 0..P-1 chosen and P..2P-1 rejected, right padded to T.

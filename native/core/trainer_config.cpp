@@ -63,6 +63,11 @@ TrainerConfig parse_trainer_config(const nlohmann::json& j) {
   c.optimizer.beta2 = number(opt, "beta2", "optimizer");
   c.optimizer.eps = number(opt, "eps", "optimizer");
   c.optimizer.momentum = number(opt, "momentum", "optimizer");
+  if (opt.contains("fused")) {
+    TORCH_CHECK(opt.at("fused").is_boolean(), "trainer config: Expected a boolean for optimizer.fused but received ",
+                opt.at("fused").dump());
+    c.optimizer.fused = opt.at("fused").get<bool>();
+  }
   TORCH_CHECK(c.optimizer.type == "adamw" || c.optimizer.type == "sgd",
               "trainer config: Expected 'adamw' or 'sgd' for optimizer.type but received '", c.optimizer.type, "'");
   c.fused.chunk_rows = static_cast<int64_t>(number(j, "chunkRows", "config"));

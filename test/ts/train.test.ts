@@ -6,6 +6,7 @@ import * as path from 'node:path';
 import { spawn } from 'node:child_process';
 import { DPOTrainer } from '../../lib/trainer/dpo_trainer';
 import { DPOTrainerOptions } from '../../lib/trainer/options';
+import { runtimeInfo } from '../../lib/runtime';
 import { checkSgdStepAgainstFloat64, compareWeights, CLI, havePythonTorch, latest, makeModelDir, pairRecords, readWeights, runCli, tmpDir, writeJsonl , trainToEnd } from './helpers/fixtures';
 
 const work = tmpDir('train');
@@ -37,6 +38,18 @@ for (const variant of [
     });
   });
 }
+
+test.serial('fusedAdamw: the fused AdamW kernel (libtorch >= 2.4) and the per-tensor update train to the same weights', async (t) => {
+  const common = { reference: refDir, learningRate: 1e-2, weightDecay: 0.1, maxSteps: 4, shuffle: false, perDeviceTrainBatchSize: 4 };
+  const a = await train({ ...common, fusedAdamw: true, outputDir: path.join(work, 'fused-a') });
+  const b = await train({ ...common, fusedAdamw: false, outputDir: path.join(work, 'fused-b') });
+  const moved = compareWeights(a.weights, readWeights(policyDir));
+  const c = compareWeights(a.weights, b.weights);
+  t.log(`${runtimeInfo().libtorchVersion}: weights moved by ${moved.maxRel.toExponential(2)} (rel); fused vs per-tensor differ by ${c.maxRel.toExponential(2)}`);
+  t.true(moved.maxRel > 1e-3);
+  t.true(c.maxRel < 1e-5, `max relative difference ${c.maxRel}`);
+  await t.throwsAsync(DPOTrainer.create({ policy: policyDir, reference: refDir, data, outputDir: path.join(work, 'fused-bad'), fusedAdamw: 'yes' as unknown as boolean }), { message: /Expected a boolean for fusedAdamw/ });
+});
 
 test.serial('gradient accumulation: batch 1 x accumulate 4 equals batch 4 x 1', async (t) => {
   const common = { reference: refDir, optimizer: 'sgd' as const, learningRate: 0.5, maxSteps: 3, shuffle: false, maxGradNorm: 0, lrSchedulerType: 'constant' as const };
