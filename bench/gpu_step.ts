@@ -3,7 +3,7 @@
 // every step as TRL's default, cached reference eager, cached + Liger's fused DPO loss, cached + torch.compile), on
 // the same random-weight checkpoint, pairs, dtype and device, each in its own process. Prints a table of ms/step,
 // tokens/s, peak memory above the weights, time to the first step and the reference precompute rate, with ratios.
-//   node dist/bench/gpu_step.js [--preset llama-1b|tiny] [--device cuda|cpu] [--dtype bfloat16|float32] [--pairs-per-step 4]
+//   node dist/bench/gpu_step.js [--preset llama-1b|small|tiny] [--device cuda|cpu] [--dtype bfloat16|float32] [--pairs-per-step 4]
 //       [--seq 1024] [--prompt 256] [--steps 10] [--warmup 3] [--peers ref-forward,cached,liger,compile] [--python python3]
 // Default: the issue's shape (Llama-3.2-1B: vocab 128256, hidden 2048, 16 layers, 32 heads / 8 KV heads, MLP 8192,
 // tied embeddings; 4 pairs × 1024 tokens, 256 prompt tokens) in bfloat16 on CUDA. `--preset tiny --device cpu
@@ -26,6 +26,7 @@ function flag(name: string, def: string): string {
 
 const PRESETS: Record<string, Record<string, unknown>> = {
   'llama-1b': { vocab_size: 128256, hidden_size: 2048, intermediate_size: 8192, num_hidden_layers: 16, num_attention_heads: 32, num_key_value_heads: 8, tie_word_embeddings: true, rope_theta: 500000 },
+  small: { vocab_size: 8192, hidden_size: 256, intermediate_size: 688, num_hidden_layers: 4, num_attention_heads: 8, num_key_value_heads: 4, tie_word_embeddings: false, rope_theta: 10000 },
   tiny: { vocab_size: 2048, hidden_size: 128, intermediate_size: 352, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2, tie_word_embeddings: true, rope_theta: 10000 },
 };
 const preset = flag('preset', 'llama-1b');

@@ -74,7 +74,8 @@ t0=$(date +%s)
 status=0
 inside 'ulimit -c unlimited; npm test' > "$OUT/npm-test.log" 2>&1 || status=$?
 # Backtraces of processes that crashed during the tests (the kernel writes "core" files into their working folder).
-find "$work" "$chroot_dir/tmp" -maxdepth 3 -type f -name 'core*' -newer "$OUT/versions.txt" 2>/dev/null | while read -r c; do
+find "$work" "$chroot_dir/tmp" -maxdepth 3 -path '*/node_modules' -prune -o -type f \( -name core -o -name 'core.[0-9]*' \) \
+  -newer "$OUT/versions.txt" -print 2>/dev/null | while read -r c; do
   echo "== ${c#$chroot_dir}" >> "$OUT/cores.txt"
   inside "gdb -batch -ex 'thread apply all bt 12' /opt/node/bin/node ${c#$chroot_dir}" >> "$OUT/cores.txt" 2>&1 || true
   echo "check-sid: a process crashed; backtrace in $OUT/cores.txt" | tee -a "$OUT/summary.txt"

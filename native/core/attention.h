@@ -34,4 +34,20 @@ at::Tensor attend_sdpa(const at::Tensor& q, const at::Tensor& k, const at::Tenso
                        double scale);
 #endif
 
+// The training / scoring fast path. True when key_mask (B, T) — no KV cache, S = T — is a 0/1 right-padded mask
+// (each row ones, then zeros): plain causal attention then gives every real query exactly its allowed keys (the
+// pads come after them), so attend_causal() may replace the masked call. Pad queries differ (they are never read).
+// One device-to-host read per call.
+bool right_padded_causal(const at::Tensor& key_mask);
+
+// Whether attend_causal() runs at::scaled_dot_product_attention(is_causal, enable_gqa) without a mask, which lets
+// libtorch pick its flash kernels and reads K/V heads without repeating them (libtorch >= 2.5).
+constexpr bool causal_sdpa_available() {
+  return TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 5);
+}
+
+// q (B, H, T, D), k and v (B, Hkv, T, D) -> (B, T, H * D): causal attention without padding (see right_padded_causal);
+// throws where causal_sdpa_available() is false.
+at::Tensor attend_causal(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale);
+
 }  // namespace tdpo

@@ -46,7 +46,9 @@ at::Tensor GPT2Model::hidden_states(const at::Tensor& input_ids, const at::Tenso
   const int64_t max_pos = in.positions.max().item<int64_t>();
   TORCH_CHECK(max_pos < P, "gpt2 supports ", P, " positions (n_positions), the input reaches position ", max_pos);
   auto x = at::embedding(*wte_, in.ids) + at::embedding(*wpe_, in.positions);  // (B, T, H)
-  auto allowed = attention_allowed(in.full_mask, T, 0);                          // (B, 1, T, S)
+  // Right-padded batches without a cache (training, scoring): unmasked causal SDPA where libtorch has it.
+  const bool causal = causal_sdpa_available() && cache == nullptr && right_padded_causal(in.full_mask);
+  const at::Tensor allowed = causal ? at::Tensor() : attention_allowed(in.full_mask, T, 0);  // (B, 1, T, S)
   const double eps = cfg_.norm_eps;
   for (size_t i = 0; i < layers_.size(); ++i) {
     const auto& l = layers_[i];
@@ -56,7 +58,7 @@ at::Tensor GPT2Model::hidden_states(const at::Tensor& input_ids, const at::Tenso
     auto k = qkv[1].reshape({B, T, N, D}).transpose(1, 2);                      // (B, N, T, D)
     auto v = qkv[2].reshape({B, T, N, D}).transpose(1, 2);                      // (B, N, T, D)
     cache_append(cache, i, k, v);                                               // k, v: (B, N, S, D)
-    auto a = attend(q, k, v, allowed, scale_);                                  // (B, T, H)
+    auto a = causal ? attend_causal(q, k, v, scale_) : attend(q, k, v, allowed, scale_);  // (B, T, H)
     x = x + linear(a, l.proj_w, l.proj_b);                                      // (B, T, H)
     h = at::layer_norm(x, {H}, *l.ln2_w, *l.ln2_b, eps);
     auto m = at::gelu(linear(h, l.fc_w, l.fc_b), gelu_approx_);                 // (B, T, I)

@@ -57,8 +57,9 @@ at::Tensor LlamaModel::hidden_states(const at::Tensor& input_ids, const at::Tens
   const double scale = 1.0 / std::sqrt(static_cast<double>(D));
   auto x = at::embedding(*embed_, in.ids);                                      // (B, T, H)
   auto [cos, sin] = rope_cos_sin(inv_freq_, in.positions, x.scalar_type());    // (B, 1, T, D) each
-  auto allowed_full = attention_allowed(in.full_mask, T, 0);                    // (B, 1, T, S)
-  at::Tensor allowed_window;
+  // Right-padded batches without a cache (training, scoring): unmasked causal SDPA where libtorch has it.
+  const bool causal = causal_sdpa_available() && cache == nullptr && right_padded_causal(in.full_mask);
+  at::Tensor allowed_full, allowed_window;                                      // (B, 1, T, S), built when needed
   for (size_t i = 0; i < layers_.size(); ++i) {
     const auto& l = layers_[i];
     auto h = rms_norm(x, *l.in_norm);                                           // (B, T, H)
@@ -68,9 +69,15 @@ at::Tensor LlamaModel::hidden_states(const at::Tensor& input_ids, const at::Tens
     q = apply_rope(q, cos, sin);
     k = apply_rope(k, cos, sin);
     cache_append(cache, i, k, v);                                               // k, v: (B, Hkv, S, D)
-    if (l.windowed && !allowed_window.defined())
-      allowed_window = attention_allowed(in.full_mask, T, cfg_.sliding_window);
-    auto a = attend(q, k, v, l.windowed ? allowed_window : allowed_full, scale);  // (B, T, Hq*D)
+    const bool windowed = l.windowed && cfg_.sliding_window < k.size(2);       // a window >= S changes nothing
+    at::Tensor a;                                                               // (B, T, Hq*D)
+    if (causal && !windowed) {
+      a = attend_causal(q, k, v, scale);
+    } else {
+      auto& allowed = windowed ? allowed_window : allowed_full;
+      if (!allowed.defined()) allowed = attention_allowed(in.full_mask, T, windowed ? cfg_.sliding_window : 0);
+      a = attend(q, k, v, allowed, scale);
+    }
     x = x + linear(a, l.o_w, l.o_b);                                            // (B, T, H)
     h = rms_norm(x, *l.post_norm);
     auto g = at::silu(linear(h, l.gate_w, l.gate_b));                           // (B, T, I)

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <utility>
 #include <vector>
 
 #include "attention.h"
@@ -74,6 +75,48 @@ TEST(Attention, GroupedQueryAttentionMatchesScalarLoops) {
   auto qq = q.clone().requires_grad_(true);
   tdpo::attend(qq, k, v, allowed, scale).sum().backward();
   EXPECT_TRUE(at::isfinite(qq.grad()).all().item<bool>());
+}
+
+TEST(Attention, RightPaddedCausalDetection) {
+  auto t = [](std::vector<int64_t> v, int64_t B) { return at::tensor(v, at::kLong).view({B, -1}); };
+  EXPECT_TRUE(tdpo::right_padded_causal(t({1, 1, 1, 0, 1, 1, 1, 1}, 2)));   // right padding, full row
+  EXPECT_TRUE(tdpo::right_padded_causal(t({1, 0, 0, 0}, 1)));
+  EXPECT_FALSE(tdpo::right_padded_causal(t({0, 1, 1, 1}, 1)));              // left padding
+  EXPECT_FALSE(tdpo::right_padded_causal(t({1, 0, 1, 1}, 1)));              // a hole
+  EXPECT_FALSE(tdpo::right_padded_causal(t({1, 1, 2, 2, 0}, 1)));           // packed segment ids
+}
+
+TEST(Attention, UnmaskedCausalSdpaEqualsTheMaskedPathOnRealTokens) {
+  if (!tdpo::causal_sdpa_available()) {
+    std::cout << "[ INFO ] libtorch < 2.5: attend_causal is not used (the masked path serves every batch)\n";
+    EXPECT_THROW(tdpo::attend_causal(at::zeros({1, 2, 3, 4}), at::zeros({1, 1, 3, 4}), at::zeros({1, 1, 3, 4}), 0.5),
+                 c10::Error);
+    return;
+  }
+  for (auto [H, Hkv] : {std::pair<int64_t, int64_t>{6, 2}, {4, 4}, {4, 1}}) {
+    for (auto dtype : {at::kFloat, at::kDouble}) {
+      at::manual_seed(5);
+      const int64_t B = 3, T = 7, D = 8;
+      auto o = at::dtype(dtype);
+      auto q = at::randn({B, H, T, D}, o), k = at::randn({B, Hkv, T, D}, o), v = at::randn({B, Hkv, T, D}, o);
+      auto km = at::tensor({1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0}, at::kLong).view({B, T});
+      ASSERT_TRUE(tdpo::right_padded_causal(km));
+      const double scale = 0.41;
+      auto want = naive_attention(q.to(at::kDouble), k.to(at::kDouble), v.to(at::kDouble), tdpo::attention_allowed(km, T, 0), scale);
+      auto qq = q.clone().requires_grad_(true);
+      auto got = tdpo::attend_causal(qq, k, v, scale);                        // (B, T, H*D)
+      auto masked = tdpo::attend(q, k, v, tdpo::attention_allowed(km, T, 0), scale);
+      auto real = km.to(at::kBool).unsqueeze(-1);                              // (B, T, 1)
+      const double tol = dtype == at::kFloat ? 1e-5 : 1e-12;
+      EXPECT_LT((got.to(at::kDouble) - want).masked_fill(real.logical_not(), 0).abs().max().item<double>(), tol);
+      EXPECT_LT((got - masked).masked_fill(real.logical_not(), 0).abs().max().item<double>(), tol);
+      // Gradients of the real rows' outputs reach q only through real rows as well.
+      (got * real).sum().backward();
+      auto qm = q.clone().requires_grad_(true);
+      (tdpo::attend(qm, k, v, tdpo::attention_allowed(km, T, 0), scale) * real).sum().backward();
+      EXPECT_LT((qq.grad() - qm.grad()).abs().max().item<double>(), dtype == at::kFloat ? 1e-4 : 1e-10);
+    }
+  }
 }
 
 TEST(Rope, InvFreqMatchesScalarFormulas) {
