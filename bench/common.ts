@@ -1,13 +1,53 @@
-// Shared by the benchmark scripts: numeric flags, the random Llama they measure, and a saved model directory with a
-// placeholder tokenizer (the trainer needs one; benchmark data is pre-tokenized).
+// Shared by the benchmark scripts: command-line flags, seeded random token data, the random Llama they measure, and a
+// saved model directory with a placeholder tokenizer (the trainer needs one; benchmark data is pre-tokenized).
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Model } from '../lib/model';
 
+/** The word after `--name` on the command line, else `def`. */
+export function flag(name: string, def: string): string {
+  const i = process.argv.indexOf(`--${name}`);
+  return i > 0 ? process.argv[i + 1] : def;
+}
+
 /** The number after `--name` on the command line, else `def`. */
 export function arg(name: string, def: number): number {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 ? Number(process.argv[i + 1]) : def;
+  return Number(flag(name, String(def)));
+}
+
+/** A seeded linear congruential generator of integers in [0, 2^31). */
+export function lcg(seed: number): () => number {
+  let s = seed;
+  return () => (s = (s * 1103515245 + 12345) % 2 ** 31);
+}
+
+/** Seeded random token ids in [4, vocab) (0-3 are the placeholder tokenizer's special tokens). */
+export function randomTokens(seed: number, vocab: number): () => number {
+  const next = lcg(seed);
+  return () => 4 + (next() % (vocab - 4));
+}
+
+/**
+ * `n` pre-tokenized pairs written to `file` as JSONL: a BOS + random prompt of `prompt` tokens, chosen and rejected
+ * completions of `seq - prompt` random tokens ending with EOS (2), so every sequence is `seq` tokens long.
+ */
+export function writeRandomPairs(file: string, n: number, seq: number, prompt: number, vocab: number): string {
+  const rnd = randomTokens(7, vocab);
+  const rows = Array.from({ length: n }, () => ({
+    prompt_ids: [1, ...Array.from({ length: prompt - 1 }, rnd)],
+    chosen_ids: [...Array.from({ length: seq - prompt - 1 }, rnd), 2],
+    rejected_ids: [...Array.from({ length: seq - prompt - 1 }, rnd), 2],
+  }));
+  fs.writeFileSync(file, rows.map((r) => JSON.stringify(r)).join('\n') + '\n');
+  return file;
+}
+
+/** A full (no padding) random trainer batch of `rows` × `T` for the native trainer: the first quarter and last token unscored. */
+export function randomTrainerBatch(rows: number, T: number, vocab: number, seed: number): { ids: Int32Array; mask: Int32Array; labels: Int32Array } {
+  const ids = Int32Array.from({ length: rows * T }, randomTokens(seed, vocab));
+  const mask = new Int32Array(rows * T).fill(1);
+  const labels = Int32Array.from({ length: rows * T }, (_, i) => (i % T < T / 4 || i % T === T - 1 ? -100 : ids[i + 1]));
+  return { ids, mask, labels };
 }
 
 export interface BenchModelSize {

@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
-import { arg, writeBenchModel } from './common';
+import { arg, writeBenchModel, writeRandomPairs } from './common';
 import { DPOTrainer } from '../lib/trainer/dpo_trainer';
 import { precomputeReference } from '../lib/trainer/precompute';
 import { runtimeInfo, setThreads } from '../lib/runtime';
@@ -17,16 +17,7 @@ const cfg = { hidden: arg('hidden', 256), layers: arg('layers', 4), vocab: arg('
 
 async function prepare(dir: string): Promise<{ model: string; pairs: string }> {
   const model = await writeBenchModel(path.join(dir, 'model'), cfg);
-  let s = 7;
-  const rnd = () => 4 + ((s = (s * 1103515245 + 12345) % 2 ** 31) % (cfg.vocab - 4));
-  const P = Math.floor(cfg.seq / 4);
-  const rows = Array.from({ length: 64 }, () => ({
-    prompt_ids: [1, ...Array.from({ length: P - 1 }, rnd)],
-    chosen_ids: [...Array.from({ length: cfg.seq - P - 1 }, rnd), 2],
-    rejected_ids: [...Array.from({ length: cfg.seq - P - 1 }, rnd), 2],
-  }));
-  const pairs = path.join(dir, 'pairs.jsonl');
-  fs.writeFileSync(pairs, rows.map((r) => JSON.stringify(r)).join('\n') + '\n');
+  const pairs = writeRandomPairs(path.join(dir, 'pairs.jsonl'), 64, cfg.seq, Math.floor(cfg.seq / 4), cfg.vocab);
   return { model, pairs };
 }
 

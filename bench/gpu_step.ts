@@ -12,17 +12,12 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
-import { arg, writePlaceholderTokenizer } from './common';
+import { arg, flag, writePlaceholderTokenizer, writeRandomPairs } from './common';
 import { Model } from '../lib/model';
 import { DPOTrainer } from '../lib/trainer/dpo_trainer';
 import { precomputeReference } from '../lib/trainer/precompute';
 import { cudaMemory, runtimeInfo } from '../lib/runtime';
 import type { Device, DType } from '../lib/validate';
-
-function flag(name: string, def: string): string {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 ? process.argv[i + 1] : def;
-}
 
 const PRESETS: Record<string, Record<string, unknown>> = {
   'llama-1b': { vocab_size: 128256, hidden_size: 2048, intermediate_size: 8192, num_hidden_layers: 16, num_attention_heads: 32, num_key_value_heads: 8, tie_word_embeddings: true, rope_theta: 500000 },
@@ -45,16 +40,7 @@ async function prepare(dir: string): Promise<void> {
     await m.save(path.join(dir, 'model'), { dtype });
   }
   writePlaceholderTokenizer(path.join(dir, 'model'), Number(p.vocab_size));
-  let s = 7;
-  const V = Number(p.vocab_size);
-  const rnd = () => 4 + ((s = (s * 1103515245 + 12345) % 2 ** 31) % (V - 4));
-  const completion = cfg.seq - cfg.prompt;
-  const rows = Array.from({ length: cfg.pairs * 4 }, () => ({
-    prompt_ids: [1, ...Array.from({ length: cfg.prompt - 1 }, rnd)],
-    chosen_ids: [...Array.from({ length: completion - 1 }, rnd), 2],
-    rejected_ids: [...Array.from({ length: completion - 1 }, rnd), 2],
-  }));
-  fs.writeFileSync(path.join(dir, 'pairs.jsonl'), rows.map((r) => JSON.stringify(r)).join('\n') + '\n');
+  writeRandomPairs(path.join(dir, 'pairs.jsonl'), cfg.pairs * 4, cfg.seq, cfg.prompt, Number(p.vocab_size));
 }
 
 async function torchDpoChild(dir: string): Promise<void> {

@@ -6,7 +6,7 @@
 import * as net from 'node:net';
 import { spawn } from 'node:child_process';
 import { Model } from '../lib/model';
-import { arg, benchLlamaConfig } from './common';
+import { arg, benchLlamaConfig, randomTrainerBatch } from './common';
 import { callNative } from '../lib/native';
 import { addon, setThreads } from '../lib/runtime';
 import { trainerConfig } from '../lib/trainer/dpo_trainer';
@@ -26,11 +26,7 @@ async function child(mode: string, rank: number, port: number): Promise<void> {
   const trainer = addon().createTrainer(model.native, JSON.stringify(trainerConfig(opts)));
   if (mode !== 'single') await callNative('join', () => trainer.joinDataParallel(rank, 2, rank, '127.0.0.1', port, 60000, mode === 'overlap'));
   const rows = 2 * cfg.batch, T = cfg.seq;
-  let s = 7 + rank;
-  const rnd = () => 4 + ((s = (s * 1103515245 + 12345) % 2 ** 31) % (cfg.vocab - 4));
-  const ids = Int32Array.from({ length: rows * T }, rnd);
-  const mask = new Int32Array(rows * T).fill(1);
-  const labels = Int32Array.from({ length: rows * T }, (_, i) => (i % T < T / 4 || i % T === T - 1 ? -100 : ids[i + 1]));
+  const { ids, mask, labels } = randomTrainerBatch(rows, T, cfg.vocab, 7 + rank);
   const ms: number[] = [];
   for (let i = 0; i < cfg.warmup + cfg.steps; i++) {
     if (mode !== 'single') await callNative('barrier', () => trainer.barrier()); // start each step together

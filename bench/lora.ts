@@ -7,7 +7,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { Model } from '../lib/model';
-import { arg, benchLlamaConfig } from './common';
+import { arg, benchLlamaConfig, randomTrainerBatch } from './common';
 import { callNative } from '../lib/native';
 import { addon, setThreads } from '../lib/runtime';
 import { trainerConfig } from '../lib/trainer/dpo_trainer';
@@ -34,11 +34,7 @@ async function child(variant: string, dir: string): Promise<void> {
   const opts = resolveDPOOptions({ policy: 'unused', data: 'unused', outputDir: 'unused', referenceFree: true });
   const trainer = addon().createTrainer(model.native, JSON.stringify(trainerConfig(opts)));
   const rows = 2 * cfg.batch, T = cfg.seq;
-  let s = 7;
-  const rnd = () => 4 + ((s = (s * 1103515245 + 12345) % 2 ** 31) % (cfg.vocab - 4));
-  const ids = Int32Array.from({ length: rows * T }, rnd);
-  const mask = new Int32Array(rows * T).fill(1);
-  const labels = Int32Array.from({ length: rows * T }, (_, i) => (i % T < T / 4 || i % T === T - 1 ? -100 : ids[i + 1]));
+  const { ids, mask, labels } = randomTrainerBatch(rows, T, cfg.vocab, 7);
   const times: number[] = [];
   for (let i = 0; i < cfg.warmup + cfg.steps; i++) {
     const t0 = process.hrtime.bigint();

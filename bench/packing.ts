@@ -8,7 +8,7 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { arg, writeBenchModel } from './common';
+import { arg, lcg, writeBenchModel } from './common';
 import { DPOTrainer } from '../lib/trainer/dpo_trainer';
 import { precomputeReference } from '../lib/trainer/precompute';
 import { runtimeInfo, setThreads } from '../lib/runtime';
@@ -23,8 +23,7 @@ type Pair = { prompt_ids: number[]; chosen_ids: number[]; rejected_ids: number[]
 
 // Pairs whose prompt + chosen and prompt + rejected lengths are each uniform in [minLen, maxLen].
 function makePairs(n: number): Pair[] {
-  let s = 11;
-  const next = () => (s = (s * 1103515245 + 12345) % 2 ** 31);
+  const next = lcg(11);
   const uniform = (lo: number, hi: number) => lo + (next() % (hi - lo + 1));
   const tok = () => 4 + (next() % (cfg.vocab - 4));
   return Array.from({ length: n }, () => {

@@ -1,7 +1,5 @@
 #include "attention.h"
 
-#include <torch/version.h>
-
 #include <cmath>
 #include <limits>
 
@@ -93,11 +91,10 @@ at::Tensor attend_sdpa(const at::Tensor& q, const at::Tensor& k, const at::Tenso
 
 bool right_padded_causal(const at::Tensor& key_mask) {
   TORCH_CHECK(key_mask.dim() == 2, "key_mask must be (B, T), got ", key_mask.sizes());
-  if (key_mask.size(1) < 2) return key_mask.numel() == 0 || (key_mask.ge(0) & key_mask.le(1)).all().item<bool>();
-  auto m = key_mask;                                                                 // (B, T)
-  auto binary = m.ge(0) & m.le(1);                                                   // (B, T)
-  auto non_increasing = m.narrow(1, 1, m.size(1) - 1).le(m.narrow(1, 0, m.size(1) - 1));  // (B, T-1)
-  return (binary.all() & non_increasing.all()).item<bool>();
+  const int64_t T = key_mask.size(1);
+  auto ok = (key_mask.ge(0) & key_mask.le(1)).all();  // 0/1 values, not segment ids
+  if (T > 1) ok = ok & key_mask.narrow(1, 1, T - 1).le(key_mask.narrow(1, 0, T - 1)).all();  // (B, T-1) non-increasing
+  return ok.item<bool>();
 }
 
 at::Tensor attend_causal(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale) {
@@ -105,7 +102,7 @@ at::Tensor attend_causal(const at::Tensor& q, const at::Tensor& k, const at::Ten
                   q.size(2) == k.size(2) && q.size(3) == k.size(3) && k.size(1) > 0 && q.size(1) % k.size(1) == 0,
               "attend_causal expects q (B, H, T, D) and k, v (B, Hkv, T, D) with H a multiple of Hkv, got ", q.sizes(),
               ", ", k.sizes(), ", ", v.sizes());
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 5)
+#if TDPO_TORCH_AT_LEAST(2, 5)
   const int64_t B = q.size(0), H = q.size(1), T = q.size(2), D = q.size(3);
   auto out = at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/{}, /*dropout_p=*/0.0, /*is_causal=*/true, scale,
                                               /*enable_gqa=*/k.size(1) != H);        // (B, H, T, D)

@@ -1,7 +1,8 @@
 // Masked multi-head attention with grouped-query K/V, shared by all architectures.
 #pragma once
 #include <ATen/ATen.h>
-#include <torch/version.h>
+
+#include "torch_version.h"
 
 namespace tdpo {
 
@@ -43,7 +44,7 @@ bool right_padded_causal(const at::Tensor& key_mask);
 // Whether attend_causal() runs at::scaled_dot_product_attention(is_causal, enable_gqa) without a mask, which lets
 // libtorch pick its flash kernels and reads K/V heads without repeating them (libtorch >= 2.5).
 constexpr bool causal_sdpa_available() {
-  return TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 5);
+  return TDPO_TORCH_AT_LEAST(2, 5);
 }
 
 // q (B, H, T, D), k and v (B, Hkv, T, D) -> (B, T, H * D): causal attention without padding (see right_padded_causal);

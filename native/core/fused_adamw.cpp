@@ -1,6 +1,6 @@
 #include "fused_adamw.h"
 
-#include <torch/version.h>
+#include "torch_version.h"
 
 #include <c10/core/GradMode.h>
 
@@ -10,7 +10,7 @@
 #include <tuple>
 #include <type_traits>
 
-#define TDPO_FUSED_ADAMW (TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4))
+#define TDPO_FUSED_ADAMW TDPO_TORCH_AT_LEAST(2, 4)
 #if TDPO_FUSED_ADAMW
 #include <ATen/ops/_foreach_add.h>
 #include <ATen/ops/_fused_adamw.h>
@@ -67,6 +67,7 @@ at::Tensor FusedAdamW::step(LossClosure closure) {
     struct Lists {
       std::vector<at::Tensor> p, g, m, v, steps;
       std::vector<torch::optim::AdamWParamState*> states;
+      std::vector<StepTensor*> counters;
     };
     std::map<std::tuple<int, int, int>, Lists> by_kind;
     for (auto& p : group.params()) {
@@ -95,6 +96,7 @@ at::Tensor FusedAdamW::step(LossClosure closure) {
       l.v.push_back(st.exp_avg_sq());
       l.steps.push_back(sc.value);
       l.states.push_back(&st);
+      l.counters.push_back(&sc);
     }
     const auto [beta1, beta2] = o.betas();
     for (auto& [kind, l] : by_kind) {
@@ -103,7 +105,7 @@ at::Tensor FusedAdamW::step(LossClosure closure) {
                         o.eps(), /*amsgrad=*/false, /*maximize=*/false);
       for (size_t i = 0; i < l.p.size(); ++i) {
         l.states[i]->step(l.states[i]->step() + 1);
-        steps_[l.p[i].unsafeGetTensorImpl()].step = l.states[i]->step();
+        l.counters[i]->step = l.states[i]->step();
       }
       last_fused_ += static_cast<int64_t>(l.p.size());
     }

@@ -1,7 +1,7 @@
 // AdamW whose update runs as libtorch's fused multi-tensor kernel (at::_fused_adamw_, the kernel behind Python's
 // AdamW(fused=True)) where the libtorch has it for the parameters' device (2.4 and later: CPU and CUDA); elsewhere,
-// or with amsgrad / parameters off CPU and CUDA, the C++ frontend's per-tensor AdamW. The state (step, exp_avg, exp_avg_sq) is the
-// frontend's own AdamWParamState, so checkpoints written by either path load in the other.
+// or with amsgrad / parameters off CPU and CUDA, the C++ frontend's per-tensor AdamW. The state (step, exp_avg,
+// exp_avg_sq) is the frontend's own AdamWParamState, so checkpoints written by either path load in the other.
 #pragma once
 #include <torch/optim/adamw.h>
 

@@ -89,7 +89,7 @@ Napi::Value NativeModel::SaveAdapter(const Napi::CallbackInfo& info) {
         save_lora_adapter(*s->model, dir, base);
         return true;
       },
-      [](Napi::Env e, bool&) -> Napi::Value { return e.Undefined(); });
+      undefined_result);
 }
 
 // mergeAdapters() -> Promise<void>: W += (alpha/r)·B·A, adapters removed
@@ -104,7 +104,7 @@ Napi::Value NativeModel::MergeAdapters(const Napi::CallbackInfo& info) {
         merge_lora(*s->model);
         return true;
       },
-      [](Napi::Env e, bool&) -> Napi::Value { return e.Undefined(); });
+      undefined_result);
 }
 
 // adapterInfo() -> adapter info JSON or "null" (sync; waits for running work on the model)

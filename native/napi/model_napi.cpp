@@ -197,7 +197,7 @@ Napi::Value NativeModel::Save(const Napi::CallbackInfo& info) {
         save_causal_lm(*s->model, dir, 5LL << 30, dtype);
         return true;
       },
-      [](Napi::Env e, bool&) -> Napi::Value { return e.Undefined(); });
+      undefined_result);
 }
 
 // loadModel(dir, device, dtype, head?: '' | 'score', seed?) -> Promise<NativeModel>; head 'score' makes a reward model

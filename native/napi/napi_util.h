@@ -114,6 +114,9 @@ Napi::Promise run_async(Napi::Env env, Napi::Object keep_alive, std::function<R(
   return p;
 }
 
+// run_async's `done` for work that resolves to nothing (its R is a placeholder bool): the Promise resolves undefined.
+inline Napi::Value undefined_result(Napi::Env e, bool&) { return e.Undefined(); }
+
 // Base for wrapped native objects that own native memory: dispose() is idempotent, use after dispose throws
 // "<Class> was disposed". Subclasses hold their state in a shared_ptr so a running worker keeps it alive.
 template <typename T, typename State>

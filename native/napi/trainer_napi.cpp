@@ -213,7 +213,7 @@ class NativeTrainer : public Disposable<NativeTrainer, TrainerState> {
             s->trainer->load_state(path);
           return true;
         },
-        [](Napi::Env e, bool&) -> Napi::Value { return e.Undefined(); });
+        undefined_result);
   }
   // joinDataParallel(rank, worldSize, localRank, masterAddr, masterPort, timeoutMs) -> Promise<void>: rendezvous
   // (off the JS thread) and copy of rank 0's parameters; later steps all-reduce gradients.
@@ -237,7 +237,7 @@ class NativeTrainer : public Disposable<NativeTrainer, TrainerState> {
           s->trainer->set_data_parallel(std::make_shared<DataParallel>(d, std::chrono::milliseconds(timeout_ms)), overlap);
           return true;
         },
-        [](Napi::Env e, bool&) -> Napi::Value { return e.Undefined(); });
+        undefined_result);
   }
 
   // allreduceSum(values: Float64Array) -> Promise<Float64Array>: element-wise sums over the ranks (the values
@@ -271,7 +271,7 @@ class NativeTrainer : public Disposable<NativeTrainer, TrainerState> {
           if (auto dp = s->trainer->data_parallel()) dp->barrier();
           return true;
         },
-        [](Napi::Env e, bool&) -> Napi::Value { return e.Undefined(); });
+        undefined_result);
   }
 
   Napi::Value SaveState(const Napi::CallbackInfo& info) { return StateIO(info, true); }

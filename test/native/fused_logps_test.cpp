@@ -2,7 +2,7 @@
 // ordinary autograd, (b) float64 loops written here, (c) finite differences; plus peak CPU memory and bad input.
 #include <gtest/gtest.h>
 
-#include <torch/version.h>
+#include "torch_version.h"
 
 #include <atomic>
 #include <chrono>
@@ -240,7 +240,7 @@ void counting_delete(void* p) {
 
 struct CountingAllocator final : c10::Allocator {
   c10::Allocator* base = nullptr;
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 3)
+#if TDPO_TORCH_AT_LEAST(2, 3)
   c10::DataPtr allocate(size_t n) override {
 #else
   c10::DataPtr allocate(size_t n) const override {
@@ -254,7 +254,7 @@ struct CountingAllocator final : c10::Allocator {
     }
     return {data, ctx, &counting_delete, c10::Device(c10::kCPU)};
   }
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 3)
+#if TDPO_TORCH_AT_LEAST(2, 3)
   void copy_data(void* dest, const void* src, std::size_t count) const override { default_copy_data(dest, src, count); }
 #endif
 };

@@ -6,7 +6,7 @@ import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { Model } from '../../lib/model';
 import { native } from '../../lib/native';
-import { havePythonTorch, makeModelDir, pairRecords, PYTHON, ROOT, runCli, tmpDir, writeJsonl } from './helpers/fixtures';
+import { havePythonTorch, makeModelDir, pairRecords, PYTHON, referenceForward, ROOT, runCli, tmpDir, writeJsonl } from './helpers/fixtures';
 
 const work = tmpDir('model');
 
@@ -18,12 +18,7 @@ function fixture(name: string, args: string[]): string {
 }
 
 function reference(dir: string, input: unknown): any {
-  const inFile = path.join(work, `in-${path.basename(dir)}.json`);
-  const outFile = path.join(work, `out-${path.basename(dir)}.json`);
-  fs.writeFileSync(inFile, JSON.stringify(input));
-  const r = spawnSync(PYTHON, [path.join(ROOT, 'test/reference/reference.py'), '--model', dir, '--input', inFile, '--out', outFile], { encoding: 'utf8' });
-  if (r.status !== 0) throw new Error(r.stderr);
-  return JSON.parse(fs.readFileSync(outFile, 'utf8'));
+  return referenceForward('reference.py', dir, input, work);
 }
 
 const SEQS = [[3, 17, 42, 8, 91, 5, 60], [11, 2], [7, 7, 7, 30, 64, 12, 1, 0, 95, 44, 18]];

@@ -8,10 +8,9 @@
 import test, { ExecutionContext } from 'ava';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { spawnSync } from 'node:child_process';
 import { Model } from '../../lib/model';
 import { Tokenizer } from '../../lib/tokenizer';
-import { makeModelDir, pairRecords, PYTHON, ROOT, runCli, latest, tmpDir, writeJsonl } from './helpers/fixtures';
+import { makeModelDir, pairRecords, ROOT, runCli, latest, referenceForward, tmpDir, writeJsonl } from './helpers/fixtures';
 
 const GOLDEN = path.join(ROOT, 'test', 'fixtures', 'transformers');
 const LIVE = process.env.TORCH_DPO_TRANSFORMERS === '1';
@@ -99,12 +98,7 @@ for (const [name, g] of Object.entries(tokGolden.tokenizers)) {
 
 /** transformers_ref.py over `dir` (live mode only). */
 function transformers(dir: string, input: unknown, task: 'causal-lm' | 'score' = 'causal-lm'): any {
-  const inFile = path.join(work, `in-${path.basename(dir)}.json`);
-  const outFile = path.join(work, `out-${path.basename(dir)}.json`);
-  fs.writeFileSync(inFile, JSON.stringify(input));
-  const r = spawnSync(PYTHON, [path.join(ROOT, 'test/reference/transformers_ref.py'), '--model', dir, '--input', inFile, '--out', outFile, '--task', task], { encoding: 'utf8' });
-  if (r.status !== 0) throw new Error(`transformers_ref.py failed on ${dir}:\n${r.stderr}`);
-  return JSON.parse(fs.readFileSync(outFile, 'utf8'));
+  return referenceForward('transformers_ref.py', dir, input, work, ['--task', task]);
 }
 
 /** Live checks run with TORCH_DPO_TRANSFORMERS=1; otherwise they are listed as skipped, with the reason in the title. */

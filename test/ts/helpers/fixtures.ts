@@ -106,6 +106,19 @@ export function havePythonTorch(t: { fail: (m: string) => void; log: (m: string)
 }
 
 /**
+ * Runs a forward-pass reference script of test/reference/ (reference.py, transformers_ref.py) over the model folder
+ * `dir` with `input` as its IN.json, writing under `work`; returns its OUT.json. Throws with the script's stderr.
+ */
+export function referenceForward(script: string, dir: string, input: unknown, work: string, extraArgs: string[] = []): any {
+  const inFile = path.join(work, `in-${path.basename(dir)}.json`);
+  const outFile = path.join(work, `out-${path.basename(dir)}.json`);
+  fs.writeFileSync(inFile, JSON.stringify(input));
+  const r = spawnSync(PYTHON, [path.join(ROOT, 'test/reference', script), '--model', dir, '--input', inFile, '--out', outFile, ...extraArgs], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`${script} failed on ${dir}:\n${r.stderr}`);
+  return JSON.parse(fs.readFileSync(outFile, 'utf8'));
+}
+
+/**
  * One SGD step with lr 1 and no clipping through the CLI (`cliArgs` = subcommand and its loss options) over six
  * pairs, compared with test/reference/dpo_grad.py's float64 autograd gradient (`pyArgs` = its loss options): the
  * weight change must equal minus the gradient to 1e-4 relative, and the logged loss the float64 loss.
