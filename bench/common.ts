@@ -1,6 +1,7 @@
 // Shared by the benchmark scripts: command-line flags, seeded random token data, the random Llama they measure, and a
 // saved model directory with a placeholder tokenizer (the trainer needs one; benchmark data is pre-tokenized).
 import * as fs from 'node:fs';
+import * as net from 'node:net';
 import * as path from 'node:path';
 import { Model } from '../lib/model';
 
@@ -85,4 +86,16 @@ export function writePlaceholderTokenizer(dir: string, vocabSize: number): void 
     model: { type: 'WordPiece', unk_token: '<unk>', continuing_subword_prefix: '##', max_input_chars_per_word: 100, vocab },
   }));
   fs.writeFileSync(path.join(dir, 'tokenizer_config.json'), JSON.stringify({ bos_token: '<bos>', eos_token: '<eos>', pad_token: '<pad>', unk_token: '<unk>' }));
+}
+
+/** A loopback TCP port nobody listens on right now (bound to 0, read back, released). */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const p = (srv.address() as net.AddressInfo).port;
+      srv.close(() => resolve(p));
+    });
+  });
 }

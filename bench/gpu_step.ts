@@ -5,6 +5,9 @@
 // tokens/s, peak memory above the weights, time to the first step and the reference precompute rate, with ratios.
 //   node dist/bench/gpu_step.js [--preset llama-1b|small|tiny] [--device cuda|cpu] [--dtype bfloat16|float32] [--pairs-per-step 4]
 //       [--seq 1024] [--prompt 256] [--steps 10] [--warmup 3] [--peers ref-forward,cached,liger,compile] [--python python3]
+//       [--one-rank yes|no] [--activation-checkpointing yes|no]
+// torch-dpo also runs as a data-parallel group of one (WORLD_SIZE=1; NCCL on CUDA builds with it, else gloo): its row
+// against the plain torch-dpo row is the distributed path's cost; and with activation checkpointing (memory vs time).
 // Default: the issue's shape (Llama-3.2-1B: vocab 128256, hidden 2048, 16 layers, 32 heads / 8 KV heads, MLP 8192,
 // tied embeddings; 4 pairs × 1024 tokens, 256 prompt tokens) in bfloat16 on CUDA. `--preset tiny --device cpu
 // --dtype float32` runs the same pipeline anywhere (it is how the script itself is tested on CPU).
@@ -12,7 +15,8 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
-import { arg, flag, writePlaceholderTokenizer, writeRandomPairs } from './common';
+import { arg, flag, freePort, writePlaceholderTokenizer, writeRandomPairs } from './common';
+import { resolveDistBackend } from '../lib/trainer/distributed';
 import { Model } from '../lib/model';
 import { DPOTrainer } from '../lib/trainer/dpo_trainer';
 import { precomputeReference } from '../lib/trainer/precompute';
@@ -30,6 +34,11 @@ const dtype = flag('dtype', 'bfloat16') as DType;
 const cfg = { pairs: arg('pairs-per-step', 4), seq: arg('seq', 1024), prompt: arg('prompt', 256), steps: arg('steps', 10), warmup: arg('warmup', 3) };
 const peers = flag('peers', 'ref-forward,cached,liger,compile').split(',').filter(Boolean);
 const python = flag('python', 'python3');
+// also run torch-dpo as a data-parallel group of one (WORLD_SIZE=1: NCCL on CUDA builds that have it, else gloo) to
+// measure what the distributed path costs (issue "Scale-out": < 3%)
+const oneRank = flag('one-rank', 'yes') !== 'no';
+// also run torch-dpo with activation checkpointing (its memory and time against the plain row)
+const withCheckpointing = flag('activation-checkpointing', 'yes') !== 'no';
 
 async function prepare(dir: string): Promise<void> {
   const p = PRESETS[preset];
@@ -46,7 +55,10 @@ async function prepare(dir: string): Promise<void> {
 async function torchDpoChild(dir: string): Promise<void> {
   const model = path.join(dir, 'model');
   const pairs = path.join(dir, 'pairs.jsonl');
-  const cache = path.join(dir, 'cache');
+  const group = process.env.WORLD_SIZE !== undefined;
+  const ckpt = process.env.TORCH_DPO_BENCH_CHECKPOINTING === '1';
+  const variant = group ? `torch-dpo, group of 1 (${resolveDistBackend('auto', device, runtimeInfo().distBackends)})` : ckpt ? 'torch-dpo, activation checkpointing' : 'torch-dpo';
+  const cache = path.join(dir, group ? 'cache-group' : ckpt ? 'cache-ckpt' : 'cache');
   const cuda = device !== 'cpu';
   const tokensPerStep = cfg.pairs * 2 * cfg.seq;
   let t0 = Date.now();
@@ -56,6 +68,7 @@ async function torchDpoChild(dir: string): Promise<void> {
   const t = await DPOTrainer.create({
     policy: model, refCache: cache, data: pairs, outputDir: path.join(dir, 'out'), perDeviceTrainBatchSize: cfg.pairs, maxSteps: cfg.warmup + cfg.steps,
     loggingSteps: 1, saveSteps: 0, shuffle: false, learningRate: 1e-6, maxGradNorm: 1, maxLength: 1 << 20, maxPromptLength: (1 << 20) - 1, device, dtype,
+    activationCheckpointing: ckpt,
   });
   const weights = cuda ? cudaMemory(device, true).allocatedBytes : 0;
   const stamps: number[] = [];
@@ -76,7 +89,7 @@ async function torchDpoChild(dir: string): Promise<void> {
   const sorted = [...stamps].sort((a, b) => a - b);
   const total = stamps.reduce((a, b) => a + b, 0) / 1000;
   console.log(JSON.stringify({
-    variant: 'torch-dpo', ms_per_step: sorted[Math.floor(sorted.length / 2)], tokens_per_second: (tokensPerStep * stamps.length) / total, first_step_s: firstStep, loss_first: lossFirst,
+    variant, ms_per_step: sorted[Math.floor(sorted.length / 2)], tokens_per_second: (tokensPerStep * stamps.length) / total, first_step_s: firstStep, loss_first: lossFirst,
     precompute_tokens_per_second: precomputeTps, ...(cuda ? { peak_above_weights_gib: (peak - weights) / 2 ** 30 } : { peak_rss_mib: process.resourceUsage().maxRSS / 1024 }),
   }));
 }
@@ -95,6 +108,17 @@ async function main(): Promise<void> {
   const ours = spawnSync(process.execPath, [__filename, '--child', dir, ...process.argv.slice(2)], { encoding: 'utf8', env: { ...process.env, TORCH_DPO_THREADS: threads } });
   if (ours.status !== 0) process.stderr.write(ours.stderr);
   results.push(ours.status === 0 ? lastJson(ours.stdout) : { variant: 'torch-dpo', error: `failed (exit ${ours.status}; its stderr is above)` });
+  if (withCheckpointing) {
+    const c = spawnSync(process.execPath, [__filename, '--child', dir, ...process.argv.slice(2)], { encoding: 'utf8', env: { ...process.env, TORCH_DPO_THREADS: threads, TORCH_DPO_BENCH_CHECKPOINTING: '1' } });
+    if (c.status !== 0) process.stderr.write(c.stderr);
+    results.push(c.status === 0 ? lastJson(c.stdout) : { variant: 'torch-dpo, activation checkpointing', error: `failed (exit ${c.status}; its stderr is above)` });
+  }
+  if (oneRank) {
+    const env = { ...process.env, TORCH_DPO_THREADS: threads, WORLD_SIZE: '1', RANK: '0', LOCAL_RANK: '0', MASTER_ADDR: '127.0.0.1', MASTER_PORT: String(await freePort()) };
+    const g = spawnSync(process.execPath, [__filename, '--child', dir, ...process.argv.slice(2)], { encoding: 'utf8', env });
+    if (g.status !== 0) process.stderr.write(g.stderr);
+    results.push(g.status === 0 ? lastJson(g.stdout) : { variant: 'torch-dpo, group of 1', error: `failed (exit ${g.status}; its stderr is above)` });
+  }
   for (const v of peers) {
     const r = spawnSync(python, [path.join(__dirname, '..', '..', 'bench', 'peer', 'hf_dpo_step.py'), '--model', path.join(dir, 'model'), '--pairs', path.join(dir, 'pairs.jsonl'), '--variant', v,
       '--batch-size', String(cfg.pairs), '--steps', String(cfg.steps), '--warmup', String(cfg.warmup), '--device', device, '--dtype', dtype, '--threads', threads], { encoding: 'utf8' });
@@ -118,6 +142,11 @@ async function main(): Promise<void> {
     console.log(`| ${r.variant} | ${r.ms_per_step.toFixed(1)} | ${(r.tokens_per_second / 1000).toFixed(1)}k | ${mem ?? '—'} | ${r.first_step_s?.toFixed(1) ?? '—'} | ${r.precompute_tokens_per_second ? (r.precompute_tokens_per_second / 1000).toFixed(1) + 'k' : '—'} | ${ratio} |`);
   }
   const losses = results.filter((r) => !r.error && r.loss_first !== undefined).map((r) => `${r.variant} ${r.loss_first.toFixed(4)}`);
+  const g = results.find((r) => String(r.variant).startsWith('torch-dpo, group of 1') && !r.error);
+  if (g && !base.error) {
+    const change = (g.tokens_per_second / base.tokens_per_second - 1) * 100;
+    console.log(`\n${g.variant}: tokens/s ${change >= 0 ? '+' : ''}${change.toFixed(1)}% against no group (target: no worse than -3%)`);
+  }
   console.log(`\nfirst-step losses (same data and weights, so they should agree): ${losses.join(', ')}`);
   fs.rmSync(dir, { recursive: true, force: true });
 }

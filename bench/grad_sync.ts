@@ -3,10 +3,9 @@
 // the backward pass (bucket by bucket, the default) and with one all-reduce of every bucket before the optimizer step;
 // a single process with one thread on one rank's batch is the no-communication baseline. Median step time.
 //   node dist/bench/grad_sync.js [--hidden 256 --layers 4 --vocab 4096 --seq 128 --batch 2 --steps 6]
-import * as net from 'node:net';
 import { spawn } from 'node:child_process';
 import { Model } from '../lib/model';
-import { arg, benchLlamaConfig, randomTrainerBatch } from './common';
+import { arg, benchLlamaConfig, freePort, randomTrainerBatch } from './common';
 import { callNative } from '../lib/native';
 import { addon, setThreads } from '../lib/runtime';
 import { trainerConfig } from '../lib/trainer/dpo_trainer';
@@ -24,7 +23,7 @@ async function child(mode: string, rank: number, port: number): Promise<void> {
   await using model = await Model.create(modelConfig(), { seed: 1 });
   const opts = resolveDPOOptions({ policy: 'unused', data: 'unused', outputDir: 'unused', referenceFree: true });
   const trainer = addon().createTrainer(model.native, JSON.stringify(trainerConfig(opts)));
-  if (mode !== 'single') await callNative('join', () => trainer.joinDataParallel(rank, 2, rank, '127.0.0.1', port, 60000, mode === 'overlap'));
+  if (mode !== 'single') await callNative('join', () => trainer.joinDataParallel(rank, 2, rank, '127.0.0.1', port, 60000, mode === 'overlap', 'gloo'));
   const rows = 2 * cfg.batch, T = cfg.seq;
   const { ids, mask, labels } = randomTrainerBatch(rows, T, cfg.vocab, 7 + rank);
   const ms: number[] = [];
@@ -37,16 +36,6 @@ async function child(mode: string, rank: number, port: number): Promise<void> {
   }
   trainer.dispose();
   console.log(JSON.stringify({ rank, ms }));
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const srv = net.createServer();
-    srv.listen(0, '127.0.0.1', () => {
-      const p = (srv.address() as net.AddressInfo).port;
-      srv.close(() => resolve(p));
-    });
-  });
 }
 
 function run(mode: string, rank: number, port: number): Promise<number[]> {

@@ -1,6 +1,8 @@
 // Public API of torch-dpo.
 export { runtimeInfo, setThreads, tokenLogprobs, matmulBenchmark, cudaMemory } from './runtime';
 export type { RuntimeInfo, DeviceMemory } from './runtime';
+export { lossBenchmark } from './loss_benchmark';
+export type { LossBenchmarkOptions, LossBenchmarkResult } from './loss_benchmark';
 export { ValidationError } from './validate';
 export type { Device, DType } from './validate';
 export { Model } from './model';

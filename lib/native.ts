@@ -11,6 +11,7 @@ export interface NativeRuntimeInfo {
   interOpThreads: number;
   cudaBuild: boolean;
   parallelInfo: string;
+  distBackends: string[]; // process-group backends this build can create: 'gloo', 'nccl'
 }
 
 export interface NativeDeviceMemory {
@@ -85,9 +86,10 @@ export interface NativeTrainerHandle {
   step(lr: number, maxGradNorm: number): Promise<{ gradNorm: number; skipped: boolean }>;
   saveState(path: string): Promise<void>;
   loadState(path: string): Promise<void>;
-  /** Joins a c10d group (TCPStore at masterAddr:masterPort, gloo) and copies rank 0's parameters; step() then
-   *  all-reduces gradients (mean; overlap: bucket by bucket during the last backward before step()). Rejects, naming the master and world size, when the rendezvous times out. */
-  joinDataParallel(rank: number, worldSize: number, localRank: number, masterAddr: string, masterPort: number, timeoutMs: number, overlap: boolean): Promise<void>;
+  /** Joins a c10d group (TCPStore at masterAddr:masterPort; backend 'gloo' or 'nccl', see runtimeInfo().distBackends)
+   *  and copies rank 0's parameters; step() then all-reduces gradients (mean; overlap: bucket by bucket during the last
+   *  backward before step()). Rejects, naming the master and world size, when the rendezvous times out. */
+  joinDataParallel(rank: number, worldSize: number, localRank: number, masterAddr: string, masterPort: number, timeoutMs: number, overlap: boolean, backend: string): Promise<void>;
   /** Element-wise sums over the ranks (the values themselves without a group). */
   allreduceSum(values: Float64Array): Promise<Float64Array>;
   /** Waits for every rank (resolves at once without a group). */
@@ -103,6 +105,8 @@ export interface NativeAddon {
   cudaMemory(device: string, resetPeak: boolean): NativeDeviceMemory;
   tokenLogprobs(logits: Float32Array, targets: Int32Array, rows: number, vocab: number): Promise<Float32Array>;
   matmulBenchmark(n: number, iters: number, device: string, dtype: string): Promise<number>;
+  /** The DPO loss alone on random inputs, timed (native/core/loss_benchmark.h); resolves to the result as JSON. */
+  lossBenchmark(optionsJson: string, device: string, dtype: string): Promise<string>;
   /** head 'score': a reward model (a causal checkpoint's lm_head is replaced by a score head drawn with `seed`). */
   loadModel(dir: string, device: string, dtype: string, head?: '' | 'score', seed?: number): Promise<NativeModelHandle>;
   createModel(configJson: string, device: string, dtype: string, seed: number): Promise<NativeModelHandle>;
@@ -111,7 +115,7 @@ export interface NativeAddon {
 }
 
 /** The addon ABI this lib/ expects (bumped with any breaking change of the declarations above). */
-export const EXPECTED_ABI = 1;
+export const EXPECTED_ABI = 2;
 
 /** Where the addon is looked for, first hit wins: $TORCH_DPO_ADDON, cmake-js's build/Release, node-gyp's build-gyp/Release. */
 export function addonCandidates(): string[] {

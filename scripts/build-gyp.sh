@@ -7,7 +7,12 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 cd "$root"
-git ls-files -z --cached --others --exclude-standard | grep -z -E '^(binding\.gyp|package\.json|native/|scripts/)' | xargs -0 -I{} cp --parents {} "$tmp"
+# the sources node-gyp needs (from git's view when this is a clone; a plain copy of the tree otherwise)
+if git rev-parse --is-inside-work-tree > /dev/null 2>&1; then
+  git ls-files -z --cached --others --exclude-standard | grep -z -E '^(binding\.gyp|package\.json|native/|scripts/)'
+else
+  find binding.gyp package.json native scripts -type f -print0
+fi | xargs -0 -I{} cp --parents {} "$tmp"
 ln -s "$root/node_modules" "$tmp/node_modules"
 t0=$(date +%s)
 nodedir=${npm_config_nodedir:-$(npm config get nodedir 2>/dev/null || true)}

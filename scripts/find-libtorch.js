@@ -91,6 +91,21 @@ function jsonInclude() {
   return [];
 }
 
+// For a CUDA libtorch (kept in step with CMakeLists.txt): the folders holding nccl.h ($NCCL_INCLUDE, the pip
+// nvidia-nccl package beside torch, the CUDA toolkit, the system's) and cuda_runtime_api.h, so that node-gyp builds
+// compile the NCCL process group in too; [] when either is missing (distributed.cpp then leaves NCCL out).
+function ncclIncludes(c) {
+  if (!c.cuda) return [];
+  const site = path.resolve(c.cmakeDir, '../../../..');
+  const nvidia = path.join(site, 'nvidia');
+  const pip = fs.existsSync(nvidia) ? fs.readdirSync(nvidia).map((d) => path.join(nvidia, d, 'include')) : [];
+  const cudaHome = process.env.CUDA_HOME || process.env.CUDA_PATH || '/usr/local/cuda';
+  const find = (file, dirs) => dirs.find((d) => d && fs.existsSync(path.join(d, file)));
+  const cudaInc = find('cuda_runtime_api.h', [path.join(cudaHome, 'include'), ...pip, '/usr/include']);
+  const nccl = find('nccl.h', [process.env.NCCL_INCLUDE, ...pip, path.join(cudaHome, 'include'), '/usr/include']);
+  return nccl && cudaInc ? [...new Set([nccl, cudaInc])] : [];
+}
+
 // The C++ standard libtorch's headers need (kept in step with CMakeLists.txt): 20 from libtorch 2.10 on or when its
 // TorchConfig.cmake sets CXX_STANDARD 20 (Debian's 2.14 does), else 17.
 function cxxStandard(c) {
@@ -146,7 +161,7 @@ if (require.main === module) {
     const arg = process.argv[2] || '--json';
     if (arg === '--json') console.log(JSON.stringify(c, null, 2));
     else if (arg === '--cmake-dir') console.log(c.cmakeDir);
-    else if (arg === '--gyp-includes') console.log([...c.includeDirs, ...jsonInclude()].join(' '));
+    else if (arg === '--gyp-includes') console.log([...c.includeDirs, ...jsonInclude(), ...ncclIncludes(c)].join(' '));
     else if (arg === '--gyp-defines') console.log(interfaceDefines(c.cmakeDir).join(' '));
     else if (arg === '--gyp-std') console.log(`-std=c++${cxxStandard(c)}`);
     else if (arg === '--gyp-libs') console.log(c.libs.map((l) => `-l${l}`).join(' '));

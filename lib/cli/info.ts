@@ -10,6 +10,6 @@ export function register(program: Command): void {
     .action((opts: { json?: boolean }) => {
       const i = runtimeInfo();
       if (opts.json) console.log(JSON.stringify(i));
-      else console.log(`libtorch ${i.libtorchVersion}, CUDA ${i.cudaAvailable ? `yes (${i.cudaDeviceCount} device(s))` : 'no'}, intra-op threads ${i.intraOpThreads}`);
+      else console.log(`libtorch ${i.libtorchVersion}, CUDA ${i.cudaAvailable ? `yes (${i.cudaDeviceCount} device(s))` : 'no'}, intra-op threads ${i.intraOpThreads}, data-parallel backends ${i.distBackends.join(', ') || 'none'}`);
     });
 }

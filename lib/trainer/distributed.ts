@@ -19,11 +19,11 @@ function envInt(env: NodeJS.ProcessEnv, name: string, min: number, max: number):
   return n;
 }
 
-/** The data-parallel settings, or undefined for a single process (WORLD_SIZE unset or 1). */
+/** The data-parallel settings, or undefined for a single process (WORLD_SIZE unset). WORLD_SIZE=1 (as torchrun
+ *  --nproc 1 sets it) is a real group of one: the same collectives run, which is what a 1-rank cost measurement needs. */
 export function readDistEnv(env: NodeJS.ProcessEnv = process.env): DistEnv | undefined {
   if (env.WORLD_SIZE === undefined || env.WORLD_SIZE === '') return undefined;
   const worldSize = envInt(env, 'WORLD_SIZE', 1, 1 << 20);
-  if (worldSize === 1) return undefined;
   const rank = envInt(env, 'RANK', 0, worldSize - 1);
   const localRank = env.LOCAL_RANK === undefined ? rank : envInt(env, 'LOCAL_RANK', 0, worldSize - 1);
   const masterAddr = env.MASTER_ADDR;
@@ -31,4 +31,18 @@ export function readDistEnv(env: NodeJS.ProcessEnv = process.env): DistEnv | und
   const masterPort = envInt(env, 'MASTER_PORT', 1, 65535);
   const timeoutMs = env.TORCH_DPO_DIST_TIMEOUT_MS === undefined ? 1_800_000 : envInt(env, 'TORCH_DPO_DIST_TIMEOUT_MS', 1, 86_400_000);
   return { rank, worldSize, localRank, masterAddr, masterPort, timeoutMs };
+}
+
+export type DistBackend = 'gloo' | 'nccl';
+
+/** The process-group backend for `choice` on `device`, given the backends this build has (runtimeInfo().distBackends). */
+export function resolveDistBackend(choice: 'auto' | DistBackend, device: string, available: readonly string[]): DistBackend {
+  const cuda = device.startsWith('cuda');
+  const want: DistBackend = choice === 'auto' ? (cuda && available.includes('nccl') ? 'nccl' : 'gloo') : choice;
+  if (want === 'nccl' && !cuda) fail("a CUDA device with distBackend 'nccl' (NCCL reduces GPU memory)", 'device', device);
+  if (!available.includes(want)) {
+    const how = want === 'gloo' ? 'gloo headers (apt-get install -y libgloo-dev) at build time' : 'a CUDA libtorch with NCCL and nccl.h (NCCL_INCLUDE) at build time';
+    fail(`a backend this build has (${available.join(', ') || 'none'}; '${want}' needs ${how})`, 'distBackend', want);
+  }
+  return want;
 }

@@ -3,7 +3,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { callNative, callNativeSync, NativeTrainerHandle } from '../native';
-import { addon } from '../runtime';
+import { addon, runtimeInfo } from '../runtime';
 import { Model } from '../model';
 import { readRefCacheMeta, RefLogpCache, referenceIdentity, sequenceKey } from '../ref_cache';
 import { checkWritableDir, replaceDirAtomic, writeFileAtomic, writeJsonAtomic } from '../fs_atomic';
@@ -12,7 +12,7 @@ import { learningRateAt } from './schedule';
 import { countExamples, PairBatch, pairBatches, Shard } from './data_source';
 import { countUnpairedExamples, KTOBatch, ktoBatches } from './kto_data';
 import { KTOMetricWindow, PairMetricWindow, Window } from './metrics';
-import { DistEnv, readDistEnv } from './distributed';
+import { DistEnv, readDistEnv, resolveDistBackend } from './distributed';
 
 /** One logging step's metrics, with TRL's names. */
 export interface DPOMetrics {
@@ -89,8 +89,9 @@ export class DPOTrainer implements AsyncDisposable {
       trainer = callNativeSync('createTrainer', () => addon().createTrainer(policy.native, JSON.stringify(trainerConfig(o))));
       if (dist) {
         const t = trainer;
-        await callNative(`joining the data-parallel group as rank ${dist.rank} of ${dist.worldSize} at ${dist.masterAddr}:${dist.masterPort}`, () =>
-          t.joinDataParallel(dist.rank, dist.worldSize, dist.localRank, dist.masterAddr, dist.masterPort, dist.timeoutMs, o.overlapGradSync),
+        const backend = resolveDistBackend(o.distBackend, device, runtimeInfo().distBackends);
+        await callNative(`joining the ${backend} data-parallel group as rank ${dist.rank} of ${dist.worldSize} at ${dist.masterAddr}:${dist.masterPort}`, () =>
+          t.joinDataParallel(dist.rank, dist.worldSize, dist.localRank, dist.masterAddr, dist.masterPort, dist.timeoutMs, o.overlapGradSync, backend),
         );
       }
       const W = dist?.worldSize ?? 1;
@@ -368,6 +369,7 @@ export function trainerConfig(o: ResolvedDPOOptions) {
     chunkRows: o.chunkRows,
     ...(o.kto ? { kto: { beta: o.beta, desirableWeight: o.kto.desirableWeight, undesirableWeight: o.kto.undesirableWeight, referenceFree: o.referenceFree } } : {}),
     paddingFree: o.paddingFree,
+    activationCheckpointing: o.activationCheckpointing,
     ...(o.reward ? { reward: { centerRewardsCoefficient: o.reward.centerRewardsCoefficient, margin: o.reward.margin } } : {}),
   };
 }

@@ -116,6 +116,13 @@ export interface DPOTrainerOptions {
   /** Data parallel (`torch-dpo launch`): all-reduce the gradient buckets while the last backward before each optimizer
    *  step runs (DDP's overlap) instead of all at once before the step; same result. Default true. */
   overlapGradSync?: boolean;
+  /** Recompute each transformer block of the policy in the backward pass instead of keeping its activations:
+   *  activation memory drops from all blocks' intermediates to one block's plus each block's input, for one more
+   *  forward of the blocks (~1/3 more block compute). Same losses and gradients. Default false. */
+  activationCheckpointing?: boolean;
+  /** Data parallel: the c10d process-group backend. 'auto' takes NCCL when training on CUDA and the build has it
+   *  (runtimeInfo().distBackends), else gloo (CUDA tensors then staged through host memory). Default 'auto'. */
+  distBackend?: 'auto' | 'gloo' | 'nccl';
 }
 
 export type ResolvedDPOOptions = Required<Omit<DPOTrainerOptions, 'reference' | 'refCache' | 'evalData' | 'lossType' | 'reward' | 'lora' | 'kto'>> & {
@@ -167,6 +174,8 @@ export const DPO_DEFAULTS = {
   saveMerged: false,
   paddingFree: false,
   overlapGradSync: true,
+  activationCheckpointing: false,
+  distBackend: 'auto' as 'auto' | 'gloo' | 'nccl',
 };
 
 const KNOWN = ['policy', 'reference', 'refCache', 'data', 'evalData', 'outputDir', 'lossType', 'reward', 'kto', ...Object.keys(DPO_DEFAULTS)];
@@ -251,6 +260,8 @@ export function resolveDPOOptions(input: DPOTrainerOptions): ResolvedDPOOptions 
   }
   checkBool(r.paddingFree, 'paddingFree');
   checkBool(r.overlapGradSync, 'overlapGradSync');
+  checkBool(r.activationCheckpointing, 'activationCheckpointing');
+  checkOneOf(r.distBackend, 'distBackend', ['auto', 'gloo', 'nccl'] as const);
   if (r.kto !== undefined) {
     const k = checkObject(r.kto, 'kto');
     checkNumber(k.desirableWeight, 'desirableWeight', { minExclusive: 0 });

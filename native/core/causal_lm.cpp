@@ -6,6 +6,7 @@
 #include <cmath>
 #include <filesystem>
 
+#include "activation_checkpoint.h"
 #include "causal_lm_base.h"
 #include "checkpoint_files.h"
 #include "gpt2.h"
@@ -149,6 +150,12 @@ void CausalLMBase::init_random(uint64_t seed) {
       v = at::normal(0.0, 0.02, t.sizes(), gen, at::TensorOptions().dtype(at::kDouble));
     t = v.to(t.device(), t.scalar_type()).requires_grad_(true);
   }
+}
+
+at::Tensor CausalLMBase::run_block(std::function<at::Tensor(const at::Tensor&)> block, const at::Tensor& x,
+                                   const KVCache* cache) const {
+  if (checkpoint_blocks_ && cache == nullptr && c10::GradMode::is_enabled()) return checkpointed(std::move(block), x);
+  return block(x);
 }
 
 CausalLMBase::StepInputs CausalLMBase::prepare_step(const at::Tensor& input_ids, const at::Tensor& attention_mask,

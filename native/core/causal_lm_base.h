@@ -1,5 +1,6 @@
 // CausalLMBase: the parameter bookkeeping shared by the architectures (named tensors in weight-map order).
 #pragma once
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -48,6 +49,9 @@ class CausalLMBase : public CausalLM {
   // x (..., in) -> (..., out) = x W^T + b through the weight slot `w` (bias slot `b` may be null), plus the LoRA
   // path of `w` when adapters are attached and enabled (lora.cpp).
   at::Tensor linear(const at::Tensor& x, const at::Tensor* w, const at::Tensor* b) const;
+  // block(x), checkpointed (activation_checkpoint.h) when activation checkpointing is on, autograd is recording and
+  // there is no cache; else called directly. `block` must not capture anything that dies before the backward.
+  at::Tensor run_block(std::function<at::Tensor(const at::Tensor&)> block, const at::Tensor& x, const KVCache* cache) const;
 
   ModelConfig cfg_;
 

@@ -3,11 +3,26 @@
 #include <c10/core/GradMode.h>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include "torch_version.h"
 #if __has_include(<gloo/config.h>)
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #define TDPO_HAVE_GLOO 1
 #else
-#define TDPO_HAVE_GLOO 0
+#define TDPO_HAVE_GLOO 0  // Python torch wheels ship no gloo headers
+#endif
+// NCCL: a CUDA libtorch built with it (its CMake target defines USE_C10D_NCCL), nccl.h and the CUDA runtime's
+// headers on the include path (CMakeLists.txt / find-libtorch.js look for nccl.h).
+#if defined(USE_C10D_NCCL) && __has_include(<nccl.h>) && __has_include(<cuda_runtime_api.h>) && \
+    __has_include(<torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>)
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#define TDPO_HAVE_NCCL 1
+#else
+#define TDPO_HAVE_NCCL 0
+#endif
+#if TDPO_TORCH_AT_LEAST(2, 0)
+#include <torch/csrc/distributed/c10d/Backend.hpp>
+#else
+#include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
 #endif
 
 #include <cerrno>
@@ -61,12 +76,43 @@ bool disable_libuv(O& o) {
   }
 }
 
+// The class both backends derive from: ProcessGroup up to 1.13, Backend from 2.0 on.
+#if TDPO_TORCH_AT_LEAST(2, 0)
+using CommBackend = c10d::Backend;
+#else
+using CommBackend = c10d::ProcessGroup;
+#endif
+
+// Backend::shutdown() (2.x) ends NCCL's watchdog threads and communicators cleanly; older builds have none.
+template <typename B, typename = void>
+struct HasShutdown : std::false_type {};
+template <typename B>
+struct HasShutdown<B, std::void_t<decltype(std::declval<B&>().shutdown())>> : std::true_type {};
+
+template <typename B>
+void shutdown_backend(B& b) noexcept {
+  if constexpr (HasShutdown<B>::value) {
+    try {
+      b.shutdown();
+    } catch (...) {
+    }
+  }
+}
+
 }  // namespace
+
+std::vector<std::string> dist_backends() {
+  std::vector<std::string> out;
+  if (TDPO_HAVE_GLOO) out.push_back("gloo");
+  if (TDPO_HAVE_NCCL) out.push_back("nccl");
+  return out;
+}
 
 DistEnv parse_dist_env(const std::map<std::string, std::string>& env) {
   DistEnv d;
-  d.world_size = env_int(env, "WORLD_SIZE", 1, 1, 1 << 20, false);
-  if (d.world_size == 1) return d;
+  auto ws = env.find("WORLD_SIZE");
+  if (ws == env.end() || ws->second.empty()) return d;
+  d.world_size = env_int(env, "WORLD_SIZE", 1, 1, 1 << 20, true);
   d.rank = env_int(env, "RANK", 0, 0, d.world_size - 1, true);
   d.local_rank = env_int(env, "LOCAL_RANK", 0, 0, d.world_size - 1, false);
   auto a = env.find("MASTER_ADDR");
@@ -87,21 +133,28 @@ DistEnv dist_env_from_process() {
 
 struct DataParallel::Impl {
   c10::intrusive_ptr<c10d::Store> store;
-#if TDPO_HAVE_GLOO
-  c10::intrusive_ptr<c10d::ProcessGroupGloo> pg;
-#endif
+  c10::intrusive_ptr<CommBackend> pg;
 };
 
-DataParallel::DataParallel(const DistEnv& env, std::chrono::milliseconds timeout)
-    : env_(env), timeout_(timeout), impl_(std::make_unique<Impl>()) {
+DataParallel::DataParallel(const DistEnv& env, std::chrono::milliseconds timeout, const std::string& backend,
+                           at::Device device)
+    : env_(env), timeout_(timeout), backend_(backend), impl_(std::make_unique<Impl>()) {
   TORCH_CHECK(env_.world_size >= 1 && env_.rank >= 0 && env_.rank < env_.world_size, "Expected 0 <= rank < world_size but received rank ",
               env_.rank, " and world_size ", env_.world_size);
   TORCH_CHECK(env_.master_port >= 1 && env_.master_port <= 65535, "Expected a port in [1, 65535] for MASTER_PORT but received ",
               env_.master_port);
   TORCH_CHECK(timeout.count() > 0, "Expected a positive distributed timeout but received ", timeout.count(), " ms");
-#if !TDPO_HAVE_GLOO
-  TORCH_CHECK(false, "this libtorch build has no gloo headers: data-parallel training is unavailable here");
-#else
+  TORCH_CHECK(backend_ == "gloo" || backend_ == "nccl", "Expected 'gloo' or 'nccl' for the distributed backend but received '",
+              backend_, "'");
+  if (backend_ == "gloo") {
+    TORCH_CHECK(TDPO_HAVE_GLOO, "the gloo backend is unavailable: this build found no gloo headers (Debian: apt-get install -y "
+                "libgloo-dev, then rebuild; Python torch wheels ship none, use 'nccl' on CUDA there)");
+  } else {
+    TORCH_CHECK(TDPO_HAVE_NCCL, "the nccl backend is unavailable: it needs a CUDA libtorch built with NCCL and nccl.h at build "
+                "time (set NCCL_INCLUDE to the folder holding nccl.h and rebuild)");
+    TORCH_CHECK(device.is_cuda(), "Expected a CUDA device for the nccl backend but received ", device);
+    comm_device_ = device;
+  }
   const std::string where = env_.master_addr + ":" + std::to_string(env_.master_port);
   std::ostringstream who;
   who << "rank " << env_.rank << " of world size " << env_.world_size << " (master " << where << ", timeout "
@@ -130,45 +183,60 @@ DataParallel::DataParallel(const DistEnv& env, std::chrono::milliseconds timeout
                 message_of(e));
   }
   try {
-    auto opts = c10d::ProcessGroupGloo::Options::create(timeout);
-    // Loopback masters stay on loopback; otherwise the interface gloo picks for this host name.
-    const bool loop = env_.master_addr == "127.0.0.1" || env_.master_addr == "localhost";
-    opts->devices.push_back(loop ? c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1")
-                                 : c10d::ProcessGroupGloo::createDefaultDevice());
-    impl_->pg = c10::make_intrusive<c10d::ProcessGroupGloo>(impl_->store, static_cast<int>(env_.rank),
-                                                            static_cast<int>(env_.world_size), opts);
+    if (backend_ == "gloo") {
+#if TDPO_HAVE_GLOO
+      auto opts = c10d::ProcessGroupGloo::Options::create(timeout);
+      // Loopback masters stay on loopback; otherwise the interface gloo picks for this host name.
+      const bool loop = env_.master_addr == "127.0.0.1" || env_.master_addr == "localhost";
+      opts->devices.push_back(loop ? c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1")
+                                   : c10d::ProcessGroupGloo::createDefaultDevice());
+      impl_->pg = c10::make_intrusive<c10d::ProcessGroupGloo>(impl_->store, static_cast<int>(env_.rank),
+                                                              static_cast<int>(env_.world_size), opts);
+#endif
+    } else {
+#if TDPO_HAVE_NCCL
+      auto opts = c10d::ProcessGroupNCCL::Options::create();
+      opts->timeout = timeout;
+      // Communicators are created on the first collective, for the device of its tensors (this rank's GPU).
+      impl_->pg = c10::make_intrusive<c10d::ProcessGroupNCCL>(impl_->store, static_cast<int>(env_.rank),
+                                                              static_cast<int>(env_.world_size), opts);
+#endif
+    }
   } catch (const std::exception& e) {
-    TORCH_CHECK(false, "creating the gloo process group failed for ", who.str(),
+    TORCH_CHECK(false, "creating the ", backend_, " process group failed for ", who.str(),
                 " (did all WORLD_SIZE ranks start, with the same MASTER_ADDR/MASTER_PORT?): ", message_of(e));
   }
-#endif
 }
 
-DataParallel::~DataParallel() = default;
+DataParallel::~DataParallel() {
+  if (impl_ && impl_->pg) shutdown_backend(*impl_->pg);
+}
+
+// A contiguous tensor on the backend's device holding t's values: t itself when it already is one (gloo stages device
+// tensors through host memory; NCCL reduces on the GPU).
+at::Tensor DataParallel::on_comm_device(const at::Tensor& t) const {
+  at::Tensor d = t.detach();
+  return d.device() == comm_device_ && d.is_contiguous() ? d : d.contiguous().to(comm_device_);
+}
 
 void DataParallel::allreduce_sum_inplace(at::Tensor& flat) {
-#if TDPO_HAVE_GLOO
   TORCH_CHECK(flat.is_contiguous(), "allreduce needs a contiguous tensor");
-  // gloo here works on host memory: a device tensor is staged through the CPU.
-  at::Tensor host = flat.is_cpu() ? flat : flat.cpu();
-  std::vector<at::Tensor> v{host};
+  at::Tensor buf = on_comm_device(flat);
+  std::vector<at::Tensor> v{buf};
   c10d::AllreduceOptions ao;
   ao.reduceOp = c10d::ReduceOp::SUM;
   try {
     impl_->pg->allreduce(v, ao)->wait(timeout_);
   } catch (const std::exception& e) {
     TORCH_CHECK(false, "all-reduce of ", flat.numel(), " ", flat.scalar_type(), " values failed on rank ", env_.rank,
-                " of ", env_.world_size, ": ", message_of(e));
+                " of ", env_.world_size, " (", backend_, "): ", message_of(e));
   }
-  if (!flat.is_cpu()) flat.copy_(host);
-#endif
+  if (!buf.is_same(flat)) flat.copy_(buf);
 }
 
 std::function<void()> DataParallel::allreduce_sum_async(const at::Tensor& flat) {
-  TORCH_CHECK(flat.is_cpu() && flat.is_contiguous(), "allreduce_sum_async needs a contiguous CPU tensor, got ",
-              flat.device(), flat.is_contiguous() ? "" : " (not contiguous)");
-  if (env_.world_size == 1) return [] {};
-#if TDPO_HAVE_GLOO
+  TORCH_CHECK(flat.device() == comm_device_ && flat.is_contiguous(), "allreduce_sum_async needs a contiguous tensor on ",
+              comm_device_, " (", backend_, "), got ", flat.device(), flat.is_contiguous() ? "" : " (not contiguous)");
   std::vector<at::Tensor> v{flat};
   c10d::AllreduceOptions ao;
   ao.reduceOp = c10d::ReduceOp::SUM;
@@ -183,34 +251,27 @@ std::function<void()> DataParallel::allreduce_sum_async(const at::Tensor& flat) 
                   message_of(e));
     }
   };
-#else
-  return [] {};
-#endif
 }
 
 void DataParallel::broadcast_parameters(std::vector<at::Tensor>& tensors) {
-  if (env_.world_size == 1) return;
-#if TDPO_HAVE_GLOO
   c10::NoGradGuard ng;
   for (auto& t : tensors) {
     TORCH_CHECK(t.defined(), "broadcast_parameters got an undefined tensor");
-    at::Tensor host = t.detach().is_cpu() && t.is_contiguous() ? t.detach() : t.detach().contiguous().cpu();
-    std::vector<at::Tensor> v{host};
+    at::Tensor buf = on_comm_device(t);
+    std::vector<at::Tensor> v{buf};
     c10d::BroadcastOptions bo;
     bo.rootRank = 0;
     try {
       impl_->pg->broadcast(v, bo)->wait(timeout_);
     } catch (const std::exception& e) {
       TORCH_CHECK(false, "broadcast of a ", t.sizes(), " tensor from rank 0 failed on rank ", env_.rank, " of ",
-                  env_.world_size, ": ", message_of(e));
+                  env_.world_size, " (", backend_, "): ", message_of(e));
     }
-    if (!host.is_same(t.detach())) t.detach().copy_(host);
+    if (!buf.is_same(t.detach())) t.detach().copy_(buf);
   }
-#endif
 }
 
 void DataParallel::allreduce_mean(std::vector<at::Tensor> tensors, int64_t bucket_bytes) {
-  if (env_.world_size == 1) return;
   TORCH_CHECK(bucket_bytes > 0, "Expected a positive bucket size but received ", bucket_bytes);
   c10::NoGradGuard ng;
   const double inv = 1.0 / static_cast<double>(env_.world_size);
@@ -251,14 +312,13 @@ void DataParallel::allreduce_mean(std::vector<at::Tensor> tensors, int64_t bucke
 }
 
 std::vector<double> DataParallel::allreduce_sum_double(const std::vector<double>& values) {
-  if (env_.world_size == 1 || values.empty()) return values;
+  if (values.empty()) return values;
   at::Tensor t = at::tensor(values, at::kDouble);  // (N)
   allreduce_sum_inplace(t);
   return std::vector<double>(t.data_ptr<double>(), t.data_ptr<double>() + t.numel());
 }
 
 void DataParallel::barrier() {
-  if (env_.world_size == 1) return;
   // A one-element all-reduce: gloo's barrier op has no timeout argument on every version.
   at::Tensor t = at::zeros({1}, at::kDouble);
   allreduce_sum_inplace(t);

@@ -51,18 +51,21 @@ at::Tensor GPT2Model::hidden_states(const at::Tensor& input_ids, const at::Tenso
   const at::Tensor allowed = causal ? at::Tensor() : attention_allowed(in.full_mask, T, 0);  // (B, 1, T, S)
   const double eps = cfg_.norm_eps;
   for (size_t i = 0; i < layers_.size(); ++i) {
-    const auto& l = layers_[i];
-    auto h = at::layer_norm(x, {H}, *l.ln1_w, *l.ln1_b, eps);                   // (B, T, H)
-    auto qkv = linear(h, l.attn_w, l.attn_b).split(H, -1);                      // 3 x (B, T, H)
-    auto q = qkv[0].reshape({B, T, N, D}).transpose(1, 2);                      // (B, N, T, D)
-    auto k = qkv[1].reshape({B, T, N, D}).transpose(1, 2);                      // (B, N, T, D)
-    auto v = qkv[2].reshape({B, T, N, D}).transpose(1, 2);                      // (B, N, T, D)
-    cache_append(cache, i, k, v);                                               // k, v: (B, N, S, D)
-    auto a = causal ? attend_causal(q, k, v, scale_) : attend(q, k, v, allowed, scale_);  // (B, T, H)
-    x = x + linear(a, l.proj_w, l.proj_b);                                      // (B, T, H)
-    h = at::layer_norm(x, {H}, *l.ln2_w, *l.ln2_b, eps);
-    auto m = at::gelu(linear(h, l.fc_w, l.fc_b), gelu_approx_);                 // (B, T, I)
-    x = x + linear(m, l.mlp_proj_w, l.mlp_proj_b);                              // (B, T, H)
+    auto block = [this, i, B, T, H, N, D, causal, allowed, eps, cache](const at::Tensor& x) {
+      const auto& l = layers_[i];
+      auto h = at::layer_norm(x, {H}, *l.ln1_w, *l.ln1_b, eps);                 // (B, T, H)
+      auto qkv = linear(h, l.attn_w, l.attn_b).split(H, -1);                    // 3 x (B, T, H)
+      auto q = qkv[0].reshape({B, T, N, D}).transpose(1, 2);                    // (B, N, T, D)
+      auto k = qkv[1].reshape({B, T, N, D}).transpose(1, 2);                    // (B, N, T, D)
+      auto v = qkv[2].reshape({B, T, N, D}).transpose(1, 2);                    // (B, N, T, D)
+      cache_append(cache, i, k, v);                                             // k, v: (B, N, S, D)
+      auto a = causal ? attend_causal(q, k, v, scale_) : attend(q, k, v, allowed, scale_);  // (B, T, H)
+      auto y = x + linear(a, l.proj_w, l.proj_b);                               // (B, T, H)
+      h = at::layer_norm(y, {H}, *l.ln2_w, *l.ln2_b, eps);
+      auto m = at::gelu(linear(h, l.fc_w, l.fc_b), gelu_approx_);               // (B, T, I)
+      return y + linear(m, l.mlp_proj_w, l.mlp_proj_b);                         // (B, T, H)
+    };
+    x = run_block(block, x, cache);
   }
   return at::layer_norm(x, {H}, *lnf_w_, *lnf_b_, eps);                         // (B, T, H)
 }

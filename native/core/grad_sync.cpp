@@ -11,7 +11,7 @@ struct OverlappedGradSync::State {
   struct Bucket {
     std::vector<size_t> params;   // indices into params
     std::vector<int64_t> offset;  // element offset of each parameter in `flat`
-    at::Tensor flat;              // (numel) float32/float64 CPU buffer
+    at::Tensor flat;              // (numel) float32/float64 buffer on the group's comm_device()
     int64_t pending = 0;          // parameters whose gradient has not arrived yet
     std::function<void()> wait;   // set once started
   };
@@ -92,7 +92,7 @@ OverlappedGradSync::OverlappedGradSync(std::shared_ptr<DataParallel> dp, std::ve
                        (s.buckets.back().flat.numel() + p.numel()) * esize > cap;
     if (fresh) {
       s.buckets.emplace_back();
-      s.buckets.back().flat = at::empty({0}, at::TensorOptions().dtype(acc));
+      s.buckets.back().flat = at::empty({0}, at::TensorOptions().dtype(acc).device(s.dp->comm_device()));
     }
     auto& b = s.buckets.back();
     s.bucket_of[k] = s.buckets.size() - 1;

@@ -1,6 +1,7 @@
 #include "llama.h"
 
 #include <cmath>
+#include <memory>
 
 #include "attention.h"
 #include "rope.h"
@@ -59,30 +60,38 @@ at::Tensor LlamaModel::hidden_states(const at::Tensor& input_ids, const at::Tens
   auto [cos, sin] = rope_cos_sin(inv_freq_, in.positions, x.scalar_type());    // (B, 1, T, D) each
   // Right-padded batches without a cache (training, scoring): unmasked causal SDPA where libtorch has it.
   const bool causal = causal_sdpa_available() && cache == nullptr && right_padded_causal(in.full_mask);
-  at::Tensor allowed_full, allowed_window;                                      // (B, 1, T, S), built when needed
+  // Masks built on first use and shared with a checkpointed block's recomputation (which runs after this returns).
+  struct Masks {
+    at::Tensor full, window;  // (B, 1, T, S)
+  };
+  auto masks = std::make_shared<Masks>();
+  const at::Tensor full_mask = in.full_mask;
   for (size_t i = 0; i < layers_.size(); ++i) {
-    const auto& l = layers_[i];
-    auto h = rms_norm(x, *l.in_norm);                                           // (B, T, H)
-    auto q = linear(h, l.q_w, l.q_b).view({B, T, Hq, D}).transpose(1, 2);       // (B, Hq, T, D)
-    auto k = linear(h, l.k_w, l.k_b).view({B, T, Hkv, D}).transpose(1, 2);      // (B, Hkv, T, D)
-    auto v = linear(h, l.v_w, l.v_b).view({B, T, Hkv, D}).transpose(1, 2);      // (B, Hkv, T, D)
-    q = apply_rope(q, cos, sin);
-    k = apply_rope(k, cos, sin);
-    cache_append(cache, i, k, v);                                               // k, v: (B, Hkv, S, D)
-    const bool windowed = l.windowed && cfg_.sliding_window < k.size(2);       // a window >= S changes nothing
-    at::Tensor a;                                                               // (B, T, Hq*D)
-    if (causal && !windowed) {
-      a = attend_causal(q, k, v, scale);
-    } else {
-      auto& allowed = windowed ? allowed_window : allowed_full;
-      if (!allowed.defined()) allowed = attention_allowed(in.full_mask, T, windowed ? cfg_.sliding_window : 0);
-      a = attend(q, k, v, allowed, scale);
-    }
-    x = x + linear(a, l.o_w, l.o_b);                                            // (B, T, H)
-    h = rms_norm(x, *l.post_norm);
-    auto g = at::silu(linear(h, l.gate_w, l.gate_b));                           // (B, T, I)
-    auto u = linear(h, l.up_w, l.up_b);                                         // (B, T, I)
-    x = x + linear(g * u, l.down_w, l.down_b);                                  // (B, T, H)
+    auto block = [this, i, B, T, Hq, Hkv, D, scale, cos = cos, sin = sin, causal, masks, full_mask, cache](const at::Tensor& x) {
+      const auto& l = layers_[i];
+      auto h = rms_norm(x, *l.in_norm);                                         // (B, T, H)
+      auto q = linear(h, l.q_w, l.q_b).view({B, T, Hq, D}).transpose(1, 2);     // (B, Hq, T, D)
+      auto k = linear(h, l.k_w, l.k_b).view({B, T, Hkv, D}).transpose(1, 2);    // (B, Hkv, T, D)
+      auto v = linear(h, l.v_w, l.v_b).view({B, T, Hkv, D}).transpose(1, 2);    // (B, Hkv, T, D)
+      q = apply_rope(q, cos, sin);
+      k = apply_rope(k, cos, sin);
+      cache_append(cache, i, k, v);                                             // k, v: (B, Hkv, S, D)
+      const bool windowed = l.windowed && cfg_.sliding_window < k.size(2);     // a window >= S changes nothing
+      at::Tensor a;                                                             // (B, T, Hq*D)
+      if (causal && !windowed) {
+        a = attend_causal(q, k, v, scale);
+      } else {
+        auto& allowed = windowed ? masks->window : masks->full;
+        if (!allowed.defined()) allowed = attention_allowed(full_mask, T, windowed ? cfg_.sliding_window : 0);
+        a = attend(q, k, v, allowed, scale);
+      }
+      auto y = x + linear(a, l.o_w, l.o_b);                                     // (B, T, H)
+      h = rms_norm(y, *l.post_norm);
+      auto g = at::silu(linear(h, l.gate_w, l.gate_b));                         // (B, T, I)
+      auto u = linear(h, l.up_w, l.up_b);                                       // (B, T, I)
+      return y + linear(g * u, l.down_w, l.down_b);                             // (B, T, H)
+    };
+    x = run_block(block, x, cache);
   }
   return rms_norm(x, *norm_);                                                   // (B, T, H)
 }

@@ -10,6 +10,7 @@
 #include <set>
 #include <sstream>
 
+#include "activation_checkpoint.h"
 #include "causal_lm_base.h"
 #include "runtime.h"
 #include "safetensors.h"
@@ -109,7 +110,7 @@ at::Tensor LoraAdapters::linear(const at::Tensor& x, const at::Tensor* w, const 
   if (!enabled_) return y;
   const auto* a = find(w);
   if (!a) return y;
-  const bool train = c10::GradMode::is_enabled() && cfg_.dropout > 0;
+  const bool train = training_forward() && cfg_.dropout > 0;  // autograd on, or a checkpointed block's first pass
   auto xd = train ? at::dropout(x, cfg_.dropout, /*train=*/true) : x;  // (..., in)
   auto low = at::linear(at::linear(xd, a->A), a->B);                  // (..., r) -> (..., out)
   return y + low * cfg_.scale();

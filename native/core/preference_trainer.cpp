@@ -134,7 +134,7 @@ void PreferenceTrainer::set_data_parallel(std::shared_ptr<DataParallel> dp, bool
   dp_ = std::move(dp);
   if (!dp_) return;
   dp_->broadcast_parameters(params_);
-  if (overlap && dp_->world_size() > 1) grad_sync_ = std::make_unique<OverlappedGradSync>(dp_, params_, bucket_bytes, std::min<int64_t>(bucket_bytes, 1 << 20));
+  if (overlap) grad_sync_ = std::make_unique<OverlappedGradSync>(dp_, params_, bucket_bytes, std::min<int64_t>(bucket_bytes, 1 << 20));
 }
 
 StepResult PreferenceTrainer::step(double lr, double max_grad_norm) {

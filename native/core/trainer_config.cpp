@@ -88,6 +88,11 @@ TrainerConfig parse_trainer_config(const nlohmann::json& j) {
     TORCH_CHECK(pf.is_boolean(), "trainer config: Expected a boolean for config.paddingFree but received ", pf.dump());
     c.padding_free = pf.get<bool>();
   }
+  if (j.contains("activationCheckpointing")) {
+    auto& ac = j.at("activationCheckpointing");
+    TORCH_CHECK(ac.is_boolean(), "trainer config: Expected a boolean for config.activationCheckpointing but received ", ac.dump());
+    c.activation_checkpointing = ac.get<bool>();
+  }
   return c;
 }
 

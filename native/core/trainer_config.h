@@ -17,6 +17,9 @@ struct TrainerConfig {
   OptimizerConfig optimizer;  // adamw | sgd and its hyper-parameters
   FusedLogpsOptions fused;    // lm-head chunking
   bool padding_free = false;  // "paddingFree"?: pack sequences for the policy forward (packing.h); default false
+  // "activationCheckpointing"?: recompute the policy's blocks in backward instead of keeping their activations
+  // (activation_checkpoint.h); default false
+  bool activation_checkpointing = false;
   // "reward"?: {"centerRewardsCoefficient", "margin"?}: train the policy's score head with the Bradley–Terry loss (reward_head.h)
   // instead of `loss`; absent = not a reward model.
   bool reward = false;
@@ -24,7 +27,8 @@ struct TrainerConfig {
 };
 
 // {"loss": {"terms": [{"type", "weight"}], "beta", "labelSmoothing", "referenceFree", "discopopTau"?, "simpoGamma"?},
-//  "optimizer": {"type", "weightDecay", "beta1", "beta2", "eps", "momentum"}, "chunkRows", "paddingFree"?}
+//  "optimizer": {"type", "weightDecay", "beta1", "beta2", "eps", "momentum"}, "chunkRows", "paddingFree"?,
+//  "activationCheckpointing"?}
 // Every field is required except those marked '?'; errors name the field.
 TrainerConfig parse_trainer_config(const nlohmann::json& j);
 

@@ -10,7 +10,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitRuntime(env, exports);
   InitModel(env, exports);
   InitTrainer(env, exports);
-  exports.Set("abiVersion", Napi::Number::New(env, 1));
+  exports.Set("abiVersion", Napi::Number::New(env, 2));  // lib/native.ts EXPECTED_ABI
   return exports;
 }
 

@@ -1,5 +1,7 @@
-// N-API: runtimeInfo(), configure(), cudaMemory(), tokenLogprobs(), matmulBenchmark().
+// N-API: runtimeInfo(), configure(), cudaMemory(), tokenLogprobs(), matmulBenchmark(), lossBenchmark().
 #include "addon.h"
+#include "distributed.h"
+#include "loss_benchmark.h"
 #include "napi_util.h"
 #include "runtime.h"
 #include "token_logprobs.h"
@@ -18,6 +20,10 @@ static Napi::Value RuntimeInfoJs(const Napi::CallbackInfo& info) {
     o.Set("interOpThreads", Napi::Number::New(info.Env(), static_cast<double>(r.inter_op_threads)));
     o.Set("cudaBuild", r.cuda_build);
     o.Set("parallelInfo", r.parallel_info);
+    auto backends = dist_backends();
+    auto arr = Napi::Array::New(info.Env(), backends.size());
+    for (uint32_t i = 0; i < backends.size(); ++i) arr.Set(i, backends[i]);
+    o.Set("distBackends", arr);
     return o;
   });
 }
@@ -59,6 +65,19 @@ static Napi::Value MatmulBenchmarkJs(const Napi::CallbackInfo& info) {
       [](Napi::Env e, double& g) -> Napi::Value { return Napi::Number::New(e, g); });
 }
 
+// lossBenchmark(optionsJson, device, dtype) -> Promise<string> (the result as JSON; loss_benchmark.h)
+static Napi::Value LossBenchmarkJs(const Napi::CallbackInfo& info) {
+  expect_count(info, 3, "lossBenchmark(optionsJson, device, dtype)");
+  auto env = info.Env();
+  auto json = arg_string(info, 0, "optionsJson");
+  auto device = arg_string(info, 1, "device");
+  auto dtype = arg_string(info, 2, "dtype");
+  return run_async<std::string>(
+      env, Napi::Object::New(env),
+      [=]() { return loss_bench_result_json(loss_benchmark(loss_bench_options_from_json(json), parse_device(device), parse_dtype(dtype))); },
+      [](Napi::Env e, std::string& s) -> Napi::Value { return Napi::String::New(e, s); });
+}
+
 // cudaMemory(device, resetPeak) -> {allocatedBytes, peakAllocatedBytes, reservedBytes}
 static Napi::Value CudaMemoryJs(const Napi::CallbackInfo& info) {
   expect_count(info, 2, "cudaMemory(device, resetPeak)");
@@ -80,6 +99,7 @@ void InitRuntime(Napi::Env env, Napi::Object exports) {
   exports.Set("configure", Napi::Function::New(env, ConfigureJs, "configure"));
   exports.Set("tokenLogprobs", Napi::Function::New(env, TokenLogprobsJs, "tokenLogprobs"));
   exports.Set("matmulBenchmark", Napi::Function::New(env, MatmulBenchmarkJs, "matmulBenchmark"));
+  exports.Set("lossBenchmark", Napi::Function::New(env, LossBenchmarkJs, "lossBenchmark"));
 }
 
 }  // namespace tdpo::napi

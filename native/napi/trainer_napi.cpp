@@ -215,10 +215,10 @@ class NativeTrainer : public Disposable<NativeTrainer, TrainerState> {
         },
         undefined_result);
   }
-  // joinDataParallel(rank, worldSize, localRank, masterAddr, masterPort, timeoutMs) -> Promise<void>: rendezvous
-  // (off the JS thread) and copy of rank 0's parameters; later steps all-reduce gradients.
+  // joinDataParallel(rank, worldSize, localRank, masterAddr, masterPort, timeoutMs, overlap, backend) -> Promise<void>:
+  // rendezvous (off the JS thread) and copy of rank 0's parameters; later steps all-reduce gradients.
   Napi::Value JoinDataParallel(const Napi::CallbackInfo& info) {
-    expect_count(info, 7, "NativeTrainer.joinDataParallel(rank, worldSize, localRank, masterAddr, masterPort, timeoutMs, overlap)");
+    expect_count(info, 8, "NativeTrainer.joinDataParallel(rank, worldSize, localRank, masterAddr, masterPort, timeoutMs, overlap, backend)");
     auto env = info.Env();
     auto s = live(env, "NativeTrainer");
     DistEnv d;
@@ -229,12 +229,14 @@ class NativeTrainer : public Disposable<NativeTrainer, TrainerState> {
     d.master_port = arg_int(info, 4, "masterPort");
     auto timeout_ms = arg_int(info, 5, "timeoutMs");
     auto overlap = arg_bool(info, 6, "overlap");
+    auto backend = arg_string(info, 7, "backend");
     return run_async<bool>(
         env, info.This().As<Napi::Object>(),
-        [s, d, timeout_ms, overlap]() {
+        [s, d, timeout_ms, overlap, backend]() {
           std::lock_guard<std::mutex> lock(s->model->mu);
           TORCH_CHECK(!s->trainer->data_parallel(), "this trainer already joined a data-parallel group");
-          s->trainer->set_data_parallel(std::make_shared<DataParallel>(d, std::chrono::milliseconds(timeout_ms)), overlap);
+          auto dp = std::make_shared<DataParallel>(d, std::chrono::milliseconds(timeout_ms), backend, s->trainer->policy()->device());
+          s->trainer->set_data_parallel(std::move(dp), overlap);
           return true;
         },
         undefined_result);
@@ -300,6 +302,7 @@ static Napi::Value CreateTrainerJs(const Napi::CallbackInfo& info) {
     st->trainer = std::make_unique<PreferenceTrainer>(model->model, cfg.loss, cfg.optimizer, cfg.fused);
     if (cfg.reward) st->trainer->set_reward(cfg.reward_options);
     st->trainer->set_padding_free(cfg.padding_free);
+    model->model->set_activation_checkpointing(cfg.activation_checkpointing);
     if (cfg.kto_enabled) st->trainer->set_kto(cfg.kto);
     return st;
   });

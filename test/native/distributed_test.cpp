@@ -67,6 +67,12 @@ TEST(DistributedEnv, ParsesTorchrunVariables) {
   auto single = parse_dist_env({});
   EXPECT_EQ(single.world_size, 1);
   EXPECT_EQ(single.rank, 0);
+  // WORLD_SIZE=1 is a group of one (torchrun --nproc 1): the rest of the contract is required
+  auto one = parse_dist_env({{"RANK", "0"}, {"WORLD_SIZE", "1"}, {"MASTER_ADDR", "127.0.0.1"}, {"MASTER_PORT", "29500"}});
+  EXPECT_EQ(one.world_size, 1);
+  EXPECT_EQ(one.master_port, 29500);
+  auto e = error_of([] { parse_dist_env({{"WORLD_SIZE", "1"}}); });
+  EXPECT_NE(e.find("RANK"), std::string::npos) << e;
 }
 
 TEST(DistributedEnv, ErrorsNameTheVariable) {
@@ -120,6 +126,38 @@ TEST(DistributedTwoRanks, BroadcastAllreduceBarrierExact) {
   auto f1 = std::async(std::launch::async, body, 1);
   f0.get();
   f1.get();
+}
+
+// A group of one runs the real collectives: sums are the values themselves, asynchronous bucket reductions included.
+TEST(DistributedOneRank, CollectivesOfAGroupOfOne) {
+  DataParallel dp(env_for(0, 1, free_port()), milliseconds(20000));
+  EXPECT_EQ(dp.backend(), "gloo");
+  EXPECT_EQ(dp.comm_device(), at::Device(at::kCPU));
+  std::vector<at::Tensor> g{at::full({3}, 2.5, at::kFloat), at::Tensor(), at::arange(4, at::kDouble)};
+  dp.allreduce_mean(g);
+  EXPECT_TRUE(at::equal(g[0], at::full({3}, 2.5, at::kFloat)));
+  EXPECT_TRUE(at::equal(g[2], at::arange(4, at::kDouble)));
+  auto flat = at::arange(6, at::kFloat);
+  auto wait = dp.allreduce_sum_async(flat);
+  wait();
+  EXPECT_TRUE(at::equal(flat, at::arange(6, at::kFloat)));
+  EXPECT_EQ(dp.allreduce_sum_double({0.5, 3.0}), (std::vector<double>{0.5, 3.0}));
+  // buckets must live on the backend's device, contiguous
+  auto e = error_of([&] { dp.allreduce_sum_async(at::zeros({2, 3}).t()); });
+  EXPECT_NE(e.find("not contiguous"), std::string::npos) << e;
+  dp.barrier();
+}
+
+TEST(DistributedOneRank, BackendChoicesAreChecked) {
+  const auto backends = dist_backends();
+  EXPECT_NE(std::find(backends.begin(), backends.end(), "gloo"), backends.end()) << "this build has gloo headers";
+  auto e1 = error_of([] { DataParallel dp(env_for(0, 1, free_port()), milliseconds(2000), "mpi"); });
+  EXPECT_NE(e1.find("'gloo' or 'nccl'"), std::string::npos) << e1;
+  EXPECT_NE(e1.find("'mpi'"), std::string::npos) << e1;
+  // NCCL: unavailable in a build without it, and never on a CPU device
+  auto e2 = error_of([] { DataParallel dp(env_for(0, 1, free_port()), milliseconds(2000), "nccl", at::kCPU); });
+  const bool nccl = std::find(backends.begin(), backends.end(), "nccl") != backends.end();
+  EXPECT_NE(e2.find(nccl ? "Expected a CUDA device for the nccl backend" : "the nccl backend is unavailable"), std::string::npos) << e2;
 }
 
 TEST(DistributedTwoRanks, MissingRankTimesOutNamingMasterAndWorldSize) {

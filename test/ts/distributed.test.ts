@@ -6,7 +6,7 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import { spawn, spawnSync } from 'node:child_process';
 import { CLI, compareWeights, latest, makeModelDir, pairRecords, readWeights, ROOT, runCli, tmpDir, writeJsonl } from './helpers/fixtures';
-import { readDistEnv } from '../../lib/trainer/distributed';
+import { readDistEnv, resolveDistBackend } from '../../lib/trainer/distributed';
 import { orderedExamples } from '../../lib/trainer/data_source';
 
 const work = tmpDir('distributed');
@@ -42,10 +42,19 @@ const common = (out: string, steps = 2) => ['--policy', policyDir, '--reference'
 
 const readMetrics = (out: string) => fs.readFileSync(path.join(out, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
 
-test.serial('launch --nproc 2 with batch 2 ends with the weights and metrics of one process with batch 4', async (t) => {
+// One process, batch 4, no group: the run the data-parallel runs are compared with (trained once).
+let singleDir: string | undefined;
+function singleRun(t: { is: (a: unknown, b: unknown, m?: string) => void }): string {
+  if (singleDir) return singleDir;
   const single = path.join(work, 'single');
   const r1 = run(['train', ...common(single), '--batch-size', '4']);
   t.is(r1.code, 0, r1.stderr);
+  singleDir = single;
+  return single;
+}
+
+test.serial('launch --nproc 2 with batch 2 ends with the weights and metrics of one process with batch 4', async (t) => {
+  const single = singleRun(t);
   const dp = path.join(work, 'dp');
   const port = await freePort();
   const r2 = run(['launch', '--nproc', '2', '--master-port', String(port), '--', 'train', ...common(dp), '--batch-size', '2'], { TORCH_DPO_DIST_TIMEOUT_MS: '60000' });
@@ -72,6 +81,44 @@ test.serial('launch --nproc 2 with batch 2 ends with the weights and metrics of 
   const state = JSON.parse(fs.readFileSync(path.join(latest(dp), 'trainer_state.json'), 'utf8'));
   t.is(state.examplesInEpoch, 8, 'examples counted over both ranks');
   t.deepEqual(fs.readdirSync(dp).filter((d) => d.startsWith('checkpoint-')), ['checkpoint-2']);
+});
+
+test.serial('a group of one (launch --nproc 1: real gloo collectives, overlapped or not) ends with exactly the weights of no group', async (t) => {
+  const single = singleRun(t);
+  const b = readWeights(latest(single));
+  for (const overlap of [true, false]) {
+    const out = path.join(work, overlap ? 'one-rank' : 'one-rank-no-overlap');
+    const port = await freePort();
+    const r = run(['launch', '--nproc', '1', '--master-port', String(port), '--', 'train', ...common(out), '--batch-size', '4', '--dist-backend', 'gloo',
+      ...(overlap ? [] : ['--no-overlap-grad-sync'])], { TORCH_DPO_DIST_TIMEOUT_MS: '60000' });
+    t.is(r.code, 0, r.stderr + r.stdout);
+    const cmp = compareWeights(readWeights(latest(out)), b);
+    t.log(`1 rank (overlap ${overlap}) vs no group: max relative weight difference ${cmp.maxRel}`);
+    t.is(cmp.maxRel, 0);
+    t.deepEqual(readMetrics(out).map((m) => m.loss), readMetrics(single).map((m) => m.loss));
+  }
+});
+
+test('the process-group backend: auto picks nccl on CUDA when built with it, else gloo; impossible choices are named', (t) => {
+  t.is(resolveDistBackend('auto', 'cpu', ['gloo', 'nccl']), 'gloo');
+  t.is(resolveDistBackend('auto', 'cuda:1', ['gloo', 'nccl']), 'nccl');
+  t.is(resolveDistBackend('auto', 'cuda:0', ['gloo']), 'gloo');
+  t.is(resolveDistBackend('auto', 'cuda', ['nccl']), 'nccl');
+  t.is(resolveDistBackend('gloo', 'cuda:0', ['gloo', 'nccl']), 'gloo');
+  t.throws(() => resolveDistBackend('nccl', 'cpu', ['gloo', 'nccl']), { message: `Expected a CUDA device with distBackend 'nccl' (NCCL reduces GPU memory) for device but received "cpu"` });
+  t.throws(() => resolveDistBackend('nccl', 'cuda:0', ['gloo']), { message: /Expected a backend this build has \(gloo; 'nccl' needs a CUDA libtorch with NCCL and nccl\.h/ });
+  t.throws(() => resolveDistBackend('auto', 'cpu', []), { message: /Expected a backend this build has \(none; 'gloo' needs gloo headers/ });
+});
+
+test.serial('--dist-backend nccl on the CPU is refused before any rendezvous, naming the device', async (t) => {
+  const port = await freePort();
+  const r = run(['train', ...common(path.join(work, 'nccl-cpu')), '--batch-size', '2', '--dist-backend', 'nccl'],
+    { WORLD_SIZE: '1', RANK: '0', MASTER_ADDR: '127.0.0.1', MASTER_PORT: String(port), TORCH_DPO_DIST_TIMEOUT_MS: '2000' });
+  t.not(r.code, 0);
+  t.regex(r.stderr, /Expected a CUDA device with distBackend 'nccl' .* for device but received "cpu"/);
+  const bad = run(['train', ...common(path.join(work, 'bad-backend')), '--batch-size', '2', '--dist-backend', 'mpi']);
+  t.not(bad.code, 0);
+  t.regex(bad.stderr, /Expected one of 'auto', 'gloo', 'nccl' for distBackend but received "mpi"/);
 });
 
 test.serial('a rank that dies makes launch stop the others and fail naming it', async (t) => {
@@ -119,7 +166,10 @@ test.serial('unreachable master and a wrong world size fail within the timeout, 
 
 test('the torchrun environment is validated, naming the variable', (t) => {
   t.is(readDistEnv({}), undefined);
-  t.is(readDistEnv({ WORLD_SIZE: '1' }), undefined);
+  // WORLD_SIZE=1 (torchrun --nproc 1) is a group of one and needs the rest of the contract
+  t.deepEqual(readDistEnv({ WORLD_SIZE: '1', RANK: '0', MASTER_ADDR: '127.0.0.1', MASTER_PORT: '29500' }),
+    { rank: 0, worldSize: 1, localRank: 0, masterAddr: '127.0.0.1', masterPort: 29500, timeoutMs: 1800000 });
+  t.throws(() => readDistEnv({ WORLD_SIZE: '1' }), { message: /for environment variable RANK but received undefined/ });
   t.deepEqual(readDistEnv({ WORLD_SIZE: '4', RANK: '3', LOCAL_RANK: '1', MASTER_ADDR: 'node0', MASTER_PORT: '29501' }),
     { rank: 3, worldSize: 4, localRank: 1, masterAddr: 'node0', masterPort: 29501, timeoutMs: 1800000 });
   t.throws(() => readDistEnv({ WORLD_SIZE: '2', RANK: '2', MASTER_ADDR: 'h', MASTER_PORT: '1' }), { message: 'Expected an integer in [0, 1] for environment variable RANK but received "2"' });

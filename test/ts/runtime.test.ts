@@ -9,6 +9,9 @@ test('runtimeInfo reports the libtorch it was built with', (t) => {
   t.true(major > 1 || (major === 1 && minor >= 13));
   t.is(typeof info.cudaAvailable, 'boolean');
   t.true(info.intraOpThreads >= 1);
+  // process-group backends: gloo where its headers were found at build time, nccl only on CUDA builds
+  t.log(`data-parallel backends: ${info.distBackends.join(', ') || 'none'}`);
+  for (const b of info.distBackends) t.true(b === 'gloo' || (b === 'nccl' && info.cudaBuild), b);
 });
 
 test('tokenLogprobs equals a float64 log-softmax worked out in JS', async (t) => {
