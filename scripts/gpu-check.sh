@@ -17,3 +17,5 @@ ctest --test-dir build --output-on-failure -j 8 2>&1 | tee "$OUT/ctest.log" | ta
 grep -hE "tests passed|tests failed|out of" "$OUT/ava.log" "$OUT/ctest.log" | tee -a "$OUT/summary.txt"
 # Issue "GPU performance": torch-dpo vs the transformers peers on the issue's shape (bench/gpu_step.ts).
 timeout "${BENCH_TIMEOUT:-420}" node dist/bench/gpu_step.js --steps 10 --warmup 3 2>&1 | tee "$OUT/bench.txt" | tail -12
+# The loss alone against its matmul floor and the naive / Liger peers (bench/loss_step.ts).
+timeout "${LOSS_BENCH_TIMEOUT:-180}" node dist/bench/loss_step.js --peers naive,liger 2>&1 | tee "$OUT/loss-bench.txt" | tail -12
