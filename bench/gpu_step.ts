@@ -105,20 +105,15 @@ async function main(): Promise<void> {
   await prepare(dir);
   const threads = String(os.availableParallelism());
   const results: Record<string, any>[] = [];
-  const ours = spawnSync(process.execPath, [__filename, '--child', dir, ...process.argv.slice(2)], { encoding: 'utf8', env: { ...process.env, TORCH_DPO_THREADS: threads } });
-  if (ours.status !== 0) process.stderr.write(ours.stderr);
-  results.push(ours.status === 0 ? lastJson(ours.stdout) : { variant: 'torch-dpo', error: `failed (exit ${ours.status}; its stderr is above)` });
-  if (withCheckpointing) {
-    const c = spawnSync(process.execPath, [__filename, '--child', dir, ...process.argv.slice(2)], { encoding: 'utf8', env: { ...process.env, TORCH_DPO_THREADS: threads, TORCH_DPO_BENCH_CHECKPOINTING: '1' } });
-    if (c.status !== 0) process.stderr.write(c.stderr);
-    results.push(c.status === 0 ? lastJson(c.stdout) : { variant: 'torch-dpo, activation checkpointing', error: `failed (exit ${c.status}; its stderr is above)` });
-  }
-  if (oneRank) {
-    const env = { ...process.env, TORCH_DPO_THREADS: threads, WORLD_SIZE: '1', RANK: '0', LOCAL_RANK: '0', MASTER_ADDR: '127.0.0.1', MASTER_PORT: String(await freePort()) };
-    const g = spawnSync(process.execPath, [__filename, '--child', dir, ...process.argv.slice(2)], { encoding: 'utf8', env });
-    if (g.status !== 0) process.stderr.write(g.stderr);
-    results.push(g.status === 0 ? lastJson(g.stdout) : { variant: 'torch-dpo, group of 1', error: `failed (exit ${g.status}; its stderr is above)` });
-  }
+  // one torch-dpo child process per variant (extra environment: what the child's variant is)
+  const child = (variant: string, extra: Record<string, string>) => {
+    const r = spawnSync(process.execPath, [__filename, '--child', dir, ...process.argv.slice(2)], { encoding: 'utf8', env: { ...process.env, TORCH_DPO_THREADS: threads, ...extra } });
+    if (r.status !== 0) process.stderr.write(r.stderr);
+    results.push(r.status === 0 ? lastJson(r.stdout) : { variant, error: `failed (exit ${r.status}; its stderr is above)` });
+  };
+  child('torch-dpo', {});
+  if (withCheckpointing) child('torch-dpo, activation checkpointing', { TORCH_DPO_BENCH_CHECKPOINTING: '1' });
+  if (oneRank) child('torch-dpo, group of 1', { WORLD_SIZE: '1', RANK: '0', LOCAL_RANK: '0', MASTER_ADDR: '127.0.0.1', MASTER_PORT: String(await freePort()) });
   for (const v of peers) {
     const r = spawnSync(python, [path.join(__dirname, '..', '..', 'bench', 'peer', 'hf_dpo_step.py'), '--model', path.join(dir, 'model'), '--pairs', path.join(dir, 'pairs.jsonl'), '--variant', v,
       '--batch-size', String(cfg.pairs), '--steps', String(cfg.steps), '--warmup', String(cfg.warmup), '--device', device, '--dtype', dtype, '--threads', threads], { encoding: 'utf8' });

@@ -2,10 +2,10 @@
 
 #include <ATen/Context.h>
 #include <c10/core/GradMode.h>
-#include <mutex>
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include <mutex>
 #include <utility>
 
 namespace tdpo {
@@ -43,6 +43,19 @@ void rng_set(const at::Device& d, const at::Tensor& state) {
   g.set_state(state);
 }
 
+// Puts a saved generator state in place for a scope; the stream then goes on from where it was.
+struct RngReplay {
+  at::Device device;
+  at::Tensor now;
+  RngReplay(const at::Device& d, const at::Tensor& saved) : device(d), now(rng_get(d)) { rng_set(d, saved); }
+  ~RngReplay() {
+    try {
+      rng_set(device, now);
+    } catch (...) {
+    }
+  }
+};
+
 class CheckpointFunction : public torch::autograd::Function<CheckpointFunction> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, c10::intrusive_ptr<BlockFn> block) {
@@ -58,17 +71,10 @@ class CheckpointFunction : public torch::autograd::Function<CheckpointFunction> 
     at::Tensor x = ctx->get_saved_variables()[0].detach().requires_grad_(true);
     at::Tensor y;
     {
-      // the same forward, recorded this time, with the random numbers of the first run (then the stream goes on)
-      const at::Tensor now = rng_get(x.device());
-      rng_set(x.device(), block->rng_state);
+      // the same forward, recorded this time, with the random numbers of the first run
+      RngReplay replay(x.device(), block->rng_state);
       c10::AutoGradMode on(true);
-      try {
-        y = block->fn(x);
-      } catch (...) {
-        rng_set(x.device(), now);
-        throw;
-      }
-      rng_set(x.device(), now);
+      y = block->fn(x);
     }
     TORCH_CHECK(grads[0].defined() && y.sizes() == grads[0].sizes(), "checkpointed block: the recomputed output has shape ",
                 y.sizes(), ", its gradient ", grads[0].defined() ? grads[0].sizes() : at::IntArrayRef{});

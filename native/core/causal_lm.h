@@ -30,11 +30,6 @@ struct KVCache {
 class CausalLM {
  public:
   virtual ~CausalLM() = default;
-
- protected:
-  bool checkpoint_blocks_ = false;  // set_activation_checkpointing()
-
- public:
   virtual const ModelConfig& config() const = 0;
 
   // input_ids (B, T) int64, attention_mask (B, T) int64/bool, 1 = token, 0 = pad (right padding for training, left
@@ -69,8 +64,8 @@ class CausalLM {
   // Activation checkpointing (activation_checkpoint.h): while on, each transformer block that runs with autograd
   // recording and without a KV cache keeps only its input for the backward, which recomputes the block (less memory,
   // one more forward of the blocks). Same values and gradients. Default off.
-  virtual void set_activation_checkpointing(bool on) { checkpoint_blocks_ = on; }
-  bool activation_checkpointing() const { return checkpoint_blocks_; }
+  virtual void set_activation_checkpointing(bool on) = 0;
+  virtual bool activation_checkpointing() const = 0;
 
   // Replaces parameter `name` (a name from named_parameters()) by `value`; shapes must match. Used by loading.
   virtual void set_parameter(const std::string& name, const at::Tensor& value) = 0;

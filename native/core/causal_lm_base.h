@@ -23,6 +23,8 @@ class CausalLMBase : public CausalLM {
   std::shared_ptr<LoraAdapters> lora() const override { return lora_; }
   void set_lora(std::shared_ptr<LoraAdapters> adapters) override;
   std::vector<std::string> linear_modules() const override { return linear_modules_; }
+  void set_activation_checkpointing(bool on) override { checkpoint_blocks_ = on; }
+  bool activation_checkpointing() const override { return checkpoint_blocks_; }
   // The stable slot of parameter `name` (what linear() receives), nullptr when absent; for lora.cpp.
   const at::Tensor* parameter_slot(const std::string& name);
 
@@ -60,6 +62,7 @@ class CausalLMBase : public CausalLM {
   std::map<std::string, at::Tensor> params_;
   std::vector<std::string> linear_modules_;  // LoRA-targetable modules, forward order
   std::shared_ptr<LoraAdapters> lora_;       // null: no adapters
+  bool checkpoint_blocks_ = false;           // set_activation_checkpointing()
 };
 
 }  // namespace tdpo

@@ -99,6 +99,14 @@ void shutdown_backend(B& b) noexcept {
   }
 }
 
+// Starts an in-place SUM all-reduce of one tensor; returns its work handle.
+auto start_sum(CommBackend& pg, const at::Tensor& t) {
+  std::vector<at::Tensor> v{t};
+  c10d::AllreduceOptions ao;
+  ao.reduceOp = c10d::ReduceOp::SUM;
+  return pg.allreduce(v, ao);
+}
+
 }  // namespace
 
 std::vector<std::string> dist_backends() {
@@ -222,11 +230,8 @@ at::Tensor DataParallel::on_comm_device(const at::Tensor& t) const {
 void DataParallel::allreduce_sum_inplace(at::Tensor& flat) {
   TORCH_CHECK(flat.is_contiguous(), "allreduce needs a contiguous tensor");
   at::Tensor buf = on_comm_device(flat);
-  std::vector<at::Tensor> v{buf};
-  c10d::AllreduceOptions ao;
-  ao.reduceOp = c10d::ReduceOp::SUM;
   try {
-    impl_->pg->allreduce(v, ao)->wait(timeout_);
+    start_sum(*impl_->pg, buf)->wait(timeout_);
   } catch (const std::exception& e) {
     TORCH_CHECK(false, "all-reduce of ", flat.numel(), " ", flat.scalar_type(), " values failed on rank ", env_.rank,
                 " of ", env_.world_size, " (", backend_, "): ", message_of(e));
@@ -237,10 +242,7 @@ void DataParallel::allreduce_sum_inplace(at::Tensor& flat) {
 std::function<void()> DataParallel::allreduce_sum_async(const at::Tensor& flat) {
   TORCH_CHECK(flat.device() == comm_device_ && flat.is_contiguous(), "allreduce_sum_async needs a contiguous tensor on ",
               comm_device_, " (", backend_, "), got ", flat.device(), flat.is_contiguous() ? "" : " (not contiguous)");
-  std::vector<at::Tensor> v{flat};
-  c10d::AllreduceOptions ao;
-  ao.reduceOp = c10d::ReduceOp::SUM;
-  auto work = impl_->pg->allreduce(v, ao);
+  auto work = start_sum(*impl_->pg, flat);
   const int64_t n = flat.numel(), rank = env_.rank, world = env_.world_size;
   const auto timeout = timeout_;
   return [work, n, rank, world, timeout] {

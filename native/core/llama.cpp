@@ -65,9 +65,9 @@ at::Tensor LlamaModel::hidden_states(const at::Tensor& input_ids, const at::Tens
     at::Tensor full, window;  // (B, 1, T, S)
   };
   auto masks = std::make_shared<Masks>();
-  const at::Tensor full_mask = in.full_mask;
   for (size_t i = 0; i < layers_.size(); ++i) {
-    auto block = [this, i, B, T, Hq, Hkv, D, scale, cos = cos, sin = sin, causal, masks, full_mask, cache](const at::Tensor& x) {
+    auto block = [this, i, B, T, Hq, Hkv, D, scale, cos = cos, sin = sin, causal, masks, full_mask = in.full_mask,
+                  cache](const at::Tensor& x) {
       const auto& l = layers_[i];
       auto h = rms_norm(x, *l.in_norm);                                         // (B, T, H)
       auto q = linear(h, l.q_w, l.q_b).view({B, T, Hq, D}).transpose(1, 2);     // (B, Hq, T, D)

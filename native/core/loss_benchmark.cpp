@@ -23,7 +23,7 @@ namespace {
 struct Inputs {
   at::Tensor hidden;  // (2P, T, H) leaf, requires grad
   at::Tensor weight;  // (V, H) leaf, requires grad
-  at::Tensor labels;  // (2P, T) int64, -100 on the prompt
+  at::Tensor labels;  // (2P, T) int64, kIgnoreIndex on the prompt
   at::Tensor ref;     // (2P) float32 reference log-probs
 };
 
@@ -33,14 +33,9 @@ at::Tensor naive_logps(const at::Tensor& hidden, const at::Tensor& weight, const
   const auto acc = hidden.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   auto logits = at::matmul(hidden, weight.t()).to(acc);                    // (N, T, V)
   auto logp = at::log_softmax(logits, -1);                                 // (N, T, V)
-  auto mask = labels.ne(-100);                                             // (N, T)
+  auto mask = labels.ne(kIgnoreIndex);                                     // (N, T)
   auto tok = logp.gather(-1, labels.masked_fill(~mask, 0).unsqueeze(-1)).squeeze(-1);  // (N, T)
   return (tok * mask).sum(1);                                              // (N)
-}
-
-DPOLossConfig bench_config() {
-  DPOLossConfig cfg;  // sigmoid, β 0.1
-  return cfg;
 }
 
 // One forward + backward of `impl`; the gradients land in the inputs' .grad (reset first). Returns the loss.
@@ -48,15 +43,16 @@ at::Tensor pass(const std::string& impl, Inputs& in, int64_t chunk_rows) {
   in.hidden.mutable_grad().reset();
   in.weight.mutable_grad().reset();
   c10::AutoGradMode grad(true);
+  const DPOLossConfig cfg;  // the default loss: sigmoid, β 0.1
   at::Tensor loss;
   if (impl == "fused") {
     FusedLogpsOptions fo;
     fo.chunk_rows = chunk_rows;
-    loss = fused_dpo_loss(in.hidden, in.weight, c10::nullopt, in.labels, in.ref, bench_config(), fo).loss;
+    loss = fused_dpo_loss(in.hidden, in.weight, c10::nullopt, in.labels, in.ref, cfg, fo).loss;
   } else {
     const int64_t P = in.hidden.size(0) / 2;
     auto logps = naive_logps(in.hidden, in.weight, in.labels);             // (2P)
-    auto counts = in.labels.ne(-100).sum(1);                               // (2P)
+    auto counts = in.labels.ne(kIgnoreIndex).sum(1);                       // (2P)
     DPOLossInputs d;
     d.policy_chosen = logps.narrow(0, 0, P);
     d.policy_rejected = logps.narrow(0, P, P);
@@ -64,7 +60,7 @@ at::Tensor pass(const std::string& impl, Inputs& in, int64_t chunk_rows) {
     d.ref_rejected = in.ref.narrow(0, P, P);
     d.chosen_counts = counts.narrow(0, 0, P);
     d.rejected_counts = counts.narrow(0, P, P);
-    loss = dpo_loss(d, bench_config()).loss;
+    loss = dpo_loss(d, cfg).loss;
   }
   loss.backward();
   return loss.detach();
@@ -98,7 +94,7 @@ LossBenchResult loss_benchmark(const LossBenchOptions& o, at::Device device, at:
     in.hidden = at::randn({N, T, H}, gen, at::kFloat).to(device, dtype).set_requires_grad(true);               // (N, T, H)
     in.weight = (at::randn({V, H}, gen, at::kFloat) * 0.02).to(device, dtype).set_requires_grad(true);          // (V, H)
     in.labels = at::randint(0, V, {N, T}, gen, at::kLong);                                                      // (N, T)
-    if (o.prompt > 0) in.labels.narrow(1, 0, o.prompt).fill_(-100);
+    if (o.prompt > 0) in.labels.narrow(1, 0, o.prompt).fill_(kIgnoreIndex);
     in.labels = in.labels.to(device);
     // references: the policy's own log-probs plus N(0, 1) noise, so that the loss is not the constant log 2
     auto policy = fused_sequence_logps(in.hidden.detach(), in.weight.detach(), c10::nullopt, in.labels).logps;  // (N)
